@@ -1,0 +1,26 @@
+"""Evaluation: exact chunked k-NN retrieval metrics and clustering metrics (DESIGN §5)."""
+
+from .clustering import clustering_metrics, kmeans
+from .inputs import encode_labels
+from .knn import DEFAULT_MEMORY_BUDGET, KnnChunk, iter_knn
+from .metrics import (
+    DEFAULT_KS,
+    knn_label_metrics,
+    per_class_retrieval_metrics,
+    per_query_retrieval_metrics,
+    retrieval_metrics,
+)
+
+__all__ = [
+    "DEFAULT_KS",
+    "DEFAULT_MEMORY_BUDGET",
+    "KnnChunk",
+    "clustering_metrics",
+    "encode_labels",
+    "iter_knn",
+    "kmeans",
+    "knn_label_metrics",
+    "per_class_retrieval_metrics",
+    "per_query_retrieval_metrics",
+    "retrieval_metrics",
+]
