@@ -109,6 +109,8 @@ def iter_knn(
 def _torch_chunks(query, reference, k, self_index, metric, rows, block):
     device = reference.device
     ref_sq_norms = reference.pow(2).sum(dim=1) if metric == "euclidean" else None
+    # one buffer for every score block: re-allocating ~1 GB per chunk costs a third of the matrix product
+    buffer = torch.empty(rows * block, dtype=reference.dtype, device=device)
     for start in range(0, query.shape[0], rows):
         stop = min(start + rows, query.shape[0])
         q = query[start:stop].to(device, non_blocking=True)
@@ -116,13 +118,12 @@ def _torch_chunks(query, reference, k, self_index, metric, rows, block):
         best_scores = best_idx = None
         for j0 in range(0, reference.shape[0], block):
             j1 = min(j0 + block, reference.shape[0])
-            scores = _score_block(q, reference[j0:j1], None if ref_sq_norms is None else ref_sq_norms[j0:j1])
+            scores = buffer[: (stop - start) * (j1 - j0)].view(stop - start, j1 - j0)
+            _score_block(q, reference[j0:j1], None if ref_sq_norms is None else ref_sq_norms[j0:j1], scores)
             if own is not None:
                 hit = ((own >= j0) & (own < j1)).nonzero().flatten()
                 scores[hit, own[hit] - j0] = float("-inf")
-            kb = min(k, j1 - j0)
-            vals, idx = scores.topk(kb, dim=1)
-            del scores
+            vals, idx = row_topk(scores, min(k, j1 - j0))
             idx += j0
             if best_scores is None:
                 best_scores, best_idx = vals, idx
@@ -134,11 +135,36 @@ def _torch_chunks(query, reference, k, self_index, metric, rows, block):
         yield KnnChunk(start, stop, best_idx, best_scores)
 
 
-def _score_block(q: torch.Tensor, r: torch.Tensor, r_sq_norms: torch.Tensor | None) -> torch.Tensor:
-    """Similarity-like scores (larger = nearer): ``q·r`` or ``2 q·r − ‖r‖²`` (= ‖q‖² − ‖q − r‖²)."""
+_TOPK_GROUP = 64
+
+
+def row_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``scores.topk(k, dim=1)`` (values, indices), about twice as fast on wide rows.
+
+    Each row is cut into groups of 64 columns and the group maxima are taken in one pass; the k largest entries
+    lie in the k groups with the largest maxima (each of those groups holds a distinct entry at least as large),
+    so only k · 64 candidates are ranked. Falls back to plain ``topk`` when rows are not much wider than that.
+    """
+    n, g = scores.shape[1], _TOPK_GROUP
+    if n < 8 * k * g:
+        return scores.topk(k, dim=1)
+    whole = n - n % g
+    group_max = scores[:, :whole].view(scores.shape[0], -1, g).amax(dim=2)
+    if whole < n:
+        group_max = torch.cat([group_max, scores[:, whole:].amax(dim=1, keepdim=True)], dim=1)
+    groups = group_max.topk(k, dim=1).indices
+    cols = (groups.unsqueeze(2) * g + torch.arange(g, device=scores.device)).view(scores.shape[0], -1)
+    candidates = scores.gather(1, cols.clamp_max(n - 1)).masked_fill_(cols >= n, float("-inf"))
+    vals, pos = candidates.topk(k, dim=1)
+    return vals, cols.gather(1, pos)
+
+
+def _score_block(q: torch.Tensor, r: torch.Tensor, r_sq_norms: torch.Tensor | None, out: torch.Tensor) -> None:
+    """Write similarity-like scores (larger = nearer) into ``out``: ``q·r`` or ``2 q·r − ‖r‖²``."""
     if r_sq_norms is None:
-        return q @ r.T
-    return torch.addmm(r_sq_norms.neg().unsqueeze(0), q, r.T, alpha=2.0)
+        torch.mm(q, r.T, out=out)
+    else:
+        torch.addmm(r_sq_norms.neg().unsqueeze(0), q, r.T, alpha=2.0, out=out)
 
 
 def _faiss_chunks(query, reference, k, self_index, metric, rows, block):

@@ -224,3 +224,19 @@ def test_k_never_exceeds_largest_class_or_ks():
 def test_bad_input_raises_clear_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         retrieval_metrics(**kwargs)
+
+
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 6000), k=st.integers(1, 8))
+def test_grouped_row_topk_is_exact(seed, n, k):
+    from deepmetric.evaluation.knn import row_topk
+
+    k = min(k, n)
+    scores = torch.randn(7, n, generator=torch.Generator().manual_seed(seed))
+    scores[0, -1] = 100.0  # the largest entry in the ragged last group
+    scores[1, :] = float("-inf")
+    scores[1, 5 % n] = 1.0
+    vals, idx = row_topk(scores, k)
+    ref_vals, ref_idx = scores.topk(k, dim=1)
+    assert torch.equal(vals, ref_vals)
+    assert torch.equal(idx[2:], ref_idx[2:]) and torch.equal(idx[0], ref_idx[0])
+    assert torch.equal(scores.gather(1, idx), vals)
