@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.deepmetric-installed
 
-.PHONY: install test lint demo bench-eval clean
+.PHONY: install test lint demo fashion-mnist bench-eval bench-data clean
 
 install: $(STAMP)
 
@@ -22,7 +22,19 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
-test: lint
+# Fashion-MNIST from the Debian package when it is missing and apt can install it (root); otherwise the loader
+# downloads it on first use, and its real-file tests are skipped with a message.
+fashion-mnist: $(STAMP)
+	@$(PY) -c "from deepmetric.data.fashion_mnist import locate; locate(download=False)" >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || { \
+	      apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	    echo "warning: could not install dataset-fashion-mnist"; \
+	  else echo "warning: Fashion-MNIST not found and apt-get unavailable (not root?)"; fi; }
+
+test: lint fashion-mnist
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
@@ -30,6 +42,9 @@ demo: $(STAMP)
 
 bench-eval: $(STAMP)
 	$(PY) benchmarks/eval_speed.py
+
+bench-data: fashion-mnist
+	$(PY) benchmarks/data_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build src/*.egg-info

@@ -1,0 +1,93 @@
+"""Users' own images listed in a CSV file.
+
+Required columns ``path`` and ``label``; optional ``split`` (train / test / query / gallery / all), ``is_query``,
+``is_gallery`` (0/1, true/false) and ``coarse_label``. Relative paths are relative to the CSV's folder. Labels
+and coarse labels may be integers or strings (strings are mapped to integers in sorted order, the names kept).
+Other column names can be chosen with ``label_column`` and ``coarse_column`` (e.g. the glyph benchmark's
+``base_letter``).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .table import SPLIT_NAMES, ImageTable
+
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f", ""}
+
+
+def _encode(values: list[str], column: str, path: Path):
+    """Integers stay integers; anything else is mapped to 0..C-1 in sorted order. Returns (codes, names)."""
+    try:
+        return np.array([int(v) for v in values], dtype=np.int64), None
+    except ValueError:
+        pass
+    names = sorted(set(values))
+    if "" in names:
+        raise ValueError(f"{path}: column {column!r} has empty values (row {values.index('') + 2})")
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[v] for v in values], dtype=np.int64), dict(enumerate(names))
+
+
+def _flags(values: list[str], column: str, path: Path) -> np.ndarray:
+    out = []
+    for row, v in enumerate(values, start=2):
+        v = v.strip().lower()
+        if v not in _TRUE | _FALSE:
+            raise ValueError(f"{path}:{row}: column {column!r} must be 0/1 or true/false, got {v!r}")
+        out.append(v in _TRUE)
+    return np.array(out, dtype=bool)
+
+
+def load(
+    root=None, file: str = "index.csv", label_column: str = "label", coarse_column: str | None = None
+) -> ImageTable:
+    """Load ``root`` if it is a CSV file, else ``root/file``."""
+    if root is None:
+        raise ValueError("the csv dataset needs root=PATH (a CSV file, or a folder holding index.csv)")
+    path = Path(root)
+    if path.is_dir():
+        path = path / file
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV index not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    missing = [c for c in ("path", label_column) if c not in columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; found {columns}")
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    base = path.parent
+    paths = [r["path"] if Path(r["path"]).is_absolute() else str(base / r["path"]) for r in rows]
+    labels, class_names = _encode([r[label_column] for r in rows], label_column, path)
+    split = np.array([r.get("split") or "all" for r in rows], dtype=object)
+    bad = sorted(set(split.tolist()) - set(SPLIT_NAMES))
+    if bad:
+        raise ValueError(f"{path}: unknown split value(s) {bad}; allowed: {list(SPLIT_NAMES)}")
+    coarse_column = coarse_column or ("coarse_label" if "coarse_label" in columns else None)
+    coarse = coarse_names = None
+    if coarse_column:
+        if coarse_column not in columns:
+            raise ValueError(f"{path}: coarse column {coarse_column!r} not found; columns are {columns}")
+        coarse, coarse_names = _encode([r[coarse_column] for r in rows], coarse_column, path)
+    flags = {c: _flags([r[c] for r in rows], c, path) if c in columns else None for c in ("is_query", "is_gallery")}
+    if (flags["is_query"] is None) != (flags["is_gallery"] is None):
+        raise ValueError(f"{path}: give both is_query and is_gallery columns, or neither")
+    return ImageTable(
+        name="csv",
+        labels=labels,
+        split=split,
+        paths=paths,
+        coarse_labels=coarse,
+        class_names=class_names,
+        coarse_names=coarse_names,
+        is_query=flags["is_query"],
+        is_gallery=flags["is_gallery"],
+        root=str(path),
+    )

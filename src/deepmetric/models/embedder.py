@@ -1,0 +1,54 @@
+"""`Embedder`: a backbone followed by one or several named linear heads; returns a dict of embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbones import Backbone
+
+
+class Embedder(nn.Module):
+    """images (B × C × H × W) → ``{head name: B × dim}``.
+
+    Args:
+        backbone: pooled features (B × F). heads: ``{name: dim}``, one linear F → dim layer each (e.g. DiVA's four
+            128-d task heads); a dim of 0 passes the pooled features through unchanged.
+        normalize: L2-normalise every head's output (bool), or per head (``{name: bool}``).
+    """
+
+    def __init__(self, backbone: Backbone, heads: Mapping[str, int] | None = None, normalize=True):
+        super().__init__()
+        heads = dict(heads or {"embedding": 128})
+        if not heads:
+            raise ValueError("an Embedder needs at least one head")
+        bad = {k: v for k, v in heads.items() if not isinstance(v, int) or v < 0}
+        if bad:
+            raise ValueError(f"head dimensions must be non-negative integers, got {bad}")
+        self.backbone = backbone
+        self.heads = nn.ModuleDict(
+            {name: nn.Identity() if dim == 0 else nn.Linear(backbone.out_features, dim) for name, dim in heads.items()}
+        )
+        self.dims = {name: dim or backbone.out_features for name, dim in heads.items()}
+        if isinstance(normalize, Mapping):
+            unknown = set(normalize) - set(heads)
+            if unknown:
+                raise ValueError(f"normalize names unknown head(s) {sorted(unknown)}; heads are {sorted(heads)}")
+            self.normalize = {name: bool(normalize.get(name, True)) for name in heads}
+        else:
+            self.normalize = dict.fromkeys(heads, bool(normalize))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(images)
+        return self.embed_features(features)
+
+    def embed_features(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Apply the heads to already pooled backbone features."""
+        out = {}
+        for name, head in self.heads.items():
+            z = head(features)
+            out[name] = F.normalize(z, dim=1) if self.normalize[name] else z
+        return out
