@@ -1,0 +1,242 @@
+"""Run configuration: dataclass schemas, loaded from YAML and ``key=value`` overrides with OmegaConf.
+
+Every key is typed; a wrong key or value is a `ConfigError` naming the full dotted key, the bad value, and the
+closest valid keys. ``load_config(path, overrides)`` returns the resolved `Config`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .data.augment import AugmentConfig
+from .data.splits import ProtocolConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the value."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    channels: int | None = None  # None: the dataset's native channel count
+    load_size: int = 256  # file images: shorter side resized to this, centre square kept
+    on_bad_image: str = "error"  # or "skip" (counted and logged)
+    classes_per_batch: int = 8  # P
+    samples_per_class: int = 16  # M
+    small_classes: str = "topup"  # or "drop"
+    workers: int = 0
+    eval_batch_size: int = 512
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "small_cnn"
+    pretrained: bool = False
+    weights: str | None = None
+    pooling: str = "avg"
+    freeze_bn: bool = False
+    width: int = 32
+    blocks: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    embedding_dim: int = 128
+    normalize: bool = True
+
+
+@dataclass
+class LossConfig:
+    name: str = "triplet_margin"
+    params: dict[str, Any] = field(default_factory=dict)
+    lr_mult: float = 1.0  # learning-rate multiplier of the loss's own parameters (proxies, margins)
+    weight_decay: float | None = None  # of the loss's parameters; None: the optimizer's
+
+
+@dataclass
+class MinerConfig:
+    name: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "standard"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd | rmsprop
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd / rmsprop
+    head_lr_mult: float = 1.0  # embedding heads relative to the backbone
+    grad_clip_norm: float | None = None
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "none"  # none | step | multistep | cosine | plateau
+    warmup_steps: int = 0
+    step_size: int = 1000  # step: decay every step_size steps
+    milestones: list[int] = field(default_factory=list)  # multistep, in steps
+    gamma: float = 0.1
+    min_lr: float = 0.0  # cosine floor
+    plateau_patience: int = 2  # evaluations without improvement before decaying
+    plateau_factor: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 2
+    max_steps: int | None = None
+    log_every: int = 20  # steps
+    eval_every_steps: int | None = None  # None: once per epoch
+    early_stopping_patience: int | None = None  # evaluations without improvement
+    select_metric: str = "map@r"
+    select_split: str = "val"  # "val", or "test" (leaks; recorded in metrics.json)
+    amp: bool = False  # mixed precision on CUDA (loss math in float32)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    tensorboard: bool = False
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    clustering: bool = True
+    backend: str = "torch"
+    memory_budget: int = 1 << 30
+    average: str = "micro"
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = True
+    tsne_points: int = 2000
+    grid_queries: int = 8
+    grid_neighbours: int = 8
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    miner: MinerConfig = field(default_factory=MinerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    name: str = "run"
+
+
+CHOICES = {
+    "data.on_bad_image": ("error", "skip"),
+    "data.small_classes": ("topup", "drop"),
+    "optim.name": ("adam", "adamw", "sgd", "rmsprop"),
+    "schedule.name": ("none", "step", "multistep", "cosine", "plateau"),
+    "train.select_split": ("val", "test"),
+    "eval.backend": ("torch", "faiss"),
+    "eval.average": ("micro", "macro"),
+}
+POSITIVE = ("data.classes_per_batch", "data.samples_per_class", "data.eval_batch_size", "model.embedding_dim",
+            "train.log_every", "data.load_size")  # fmt: skip
+
+
+def _all_keys(node, prefix="") -> list[str]:
+    keys = []
+    for k, v in node.items() if isinstance(node, dict | DictConfig) else []:
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, DictConfig) and not full.endswith((".params", ".options")):
+            keys += _all_keys(v, full + ".")
+    return keys
+
+
+def _wrap(e: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(e, "full_key", None) or ""
+    msg = str(e).splitlines()[0]
+    hint = ""
+    if "not in" in msg or "Missing key" in msg:
+        close = difflib.get_close_matches(key, _all_keys(schema), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"{source}: invalid config key {key!r}: {msg}{hint}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults ← YAML file ← overrides (``["train.epochs=3", ...]`` or a nested dict) → validated `Config`."""
+    schema = OmegaConf.structured(Config)
+    cfg = schema
+    if path is not None:
+        for layer in _layers(Path(path)):
+            try:
+                cfg = OmegaConf.merge(cfg, layer[1])
+            except OmegaConfBaseException as e:
+                raise _wrap(e, schema, str(layer[0])) from None
+    if overrides:
+        try:
+            extra = (
+                OmegaConf.from_dotlist(list(overrides)) if isinstance(overrides, list) else OmegaConf.create(overrides)
+            )
+            cfg = OmegaConf.merge(cfg, extra)
+        except OmegaConfBaseException as e:
+            raise _wrap(e, schema, "override") from None
+    try:
+        obj: Config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise _wrap(e, schema, str(path or "config")) from None
+    validate(obj)
+    return obj
+
+
+def _layers(path: Path, seen: tuple = ()) -> list[tuple[Path, DictConfig]]:
+    """The YAML file and, first, the files named by its ``base:`` key (relative to it), recursively."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: circular base: chain {[str(p) for p in seen]}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax errors
+        raise ConfigError(f"{path}: cannot parse YAML: {e}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: a config must be a YAML mapping")
+    base = node.pop("base", None)
+    layers = _layers((path.parent / base), (*seen, path.resolve())) if base else []
+    return [*layers, (path, node)]
+
+
+def validate(cfg: Config) -> None:
+    """Value checks OmegaConf's types cannot express."""
+    for key, allowed in CHOICES.items():
+        value = get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
+    for key in POSITIVE:
+        if get(cfg, key) < 1:
+            raise ConfigError(f"{key}={get(cfg, key)!r} must be ≥ 1")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr={cfg.optim.lr!r} must be > 0")
+    if cfg.train.epochs < 1 and not cfg.train.max_steps:
+        raise ConfigError("train.epochs must be ≥ 1 (or set train.max_steps)")
+
+
+def get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

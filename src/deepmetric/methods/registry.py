@@ -1,0 +1,29 @@
+"""Method names → builders. The trainer asks here; it never names a method itself."""
+
+from __future__ import annotations
+
+import difflib
+
+from ..registry import build_loss, build_miner
+from .standard import StandardMethod
+
+
+def _standard(cfg, model, num_classes):
+    if cfg.method.options:
+        raise ValueError(f"method 'standard' takes no method.options (got {sorted(cfg.method.options)})")
+    loss = build_loss(cfg.loss.name, cfg.loss.params, num_classes=num_classes, embedding_size=model.dims["embedding"])
+    miner = build_miner(cfg.miner.name, cfg.miner.params)
+    return StandardMethod(model, loss, miner, cfg.loss.lr_mult, cfg.loss.weight_decay)
+
+
+METHODS = {"standard": _standard}
+
+
+def build(cfg, model, num_classes):
+    name = cfg.method.name
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=3)
+        raise ValueError(
+            f"unknown method {name!r}; valid: {sorted(METHODS)}" + (f"; closest: {close}" if close else "")
+        )
+    return METHODS[name](cfg, model, num_classes)

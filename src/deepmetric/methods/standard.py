@@ -1,0 +1,40 @@
+"""The ``standard`` method: one loss (any of PML's or ours) with an optional miner, on one embedding.
+
+Covers every pair, triplet, proxy and classification loss; EPS is a miner choice. The loss's own parameters
+(proxies, class weights, learnable margins) join the optimizer in their own group with ``loss.lr_mult``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..models import Embedder
+from .base import Method
+
+
+class StandardMethod(Method):
+    def __init__(self, model: Embedder, loss: nn.Module, miner: nn.Module | None = None,
+                 loss_lr_mult: float = 1.0, loss_weight_decay: float | None = None):  # fmt: skip
+        super().__init__(model)
+        if len(model.heads) != 1:
+            raise ValueError(f"the standard method uses one embedding head, the model has {list(model.heads)}")
+        self.loss, self.miner = loss, miner
+        self.loss_lr_mult, self.loss_weight_decay = loss_lr_mult, loss_weight_decay
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        embeddings = next(iter(self.model(batch["views"][0]).values())).float()  # loss math in float32
+        labels = batch["label"]
+        with torch.autocast(embeddings.device.type, enabled=False):
+            pairs = self.miner(embeddings, labels) if self.miner is not None else None
+            loss = self.loss(embeddings, labels, pairs) if pairs is not None else self.loss(embeddings, labels)
+        return {"loss": loss}
+
+    def extra_parameters(self):
+        params = [p for p in self.loss.parameters() if p.requires_grad]
+        if not params:
+            return []
+        options = {"lr_mult": self.loss_lr_mult}
+        if self.loss_weight_decay is not None:
+            options["weight_decay"] = self.loss_weight_decay
+        return [("loss", params, options)]

@@ -1,0 +1,118 @@
+"""``report.html``: a self-contained page (images embedded) with the metrics table and the run's plots.
+
+The PNGs are also written to ``RUN_DIR/report/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..training.checkpoint import write_text
+from . import plots
+
+METRIC_ORDER = ("recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami")
+
+
+def _metric_rows(metrics: dict) -> list[tuple[str, str, str]]:
+    test, val = metrics.get("test", {}), metrics.get("val", {})
+    keys = [k for k in test if not k.startswith("num_")]
+    keys.sort(key=lambda k: (k.split("/")[0] if "/" in k else "", METRIC_ORDER.index(k.split("/")[-1])
+                             if k.split("/")[-1] in METRIC_ORDER else 99, k))  # fmt: skip
+    fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+    return [(k, fmt(test.get(k)), fmt(val.get(k))) for k in keys]
+
+
+def _image(table, index: int) -> np.ndarray:
+    from ..data import decode_image
+
+    img = table.images[index] if table.images is not None else decode_image(table.paths[index], 3, 128)
+    arr = img.permute(1, 2, 0).numpy()
+    return arr[:, :, 0] if arr.shape[2] == 1 else arr
+
+
+def _figures(run_dir: Path, trainer) -> dict[str, Path]:
+    out_dir = run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Path] = {}
+    log = run_dir / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
+    if plots.training_curves(records, out_dir / "curves.png"):
+        figures["Training and validation curves"] = out_dir / "curves.png"
+    if trainer is None:
+        return figures
+    from ..training.evaluate import embed_split, per_class_recall
+
+    cfg = trainer.cfg
+    emb = embed_split(trainer.method, trainer.test_set, trainer.eval_aug, trainer.device, cfg.data.eval_batch_size)
+    names = trainer.table.class_names
+    x = F.normalize(emb.embeddings, dim=1)
+    plots.tsne(x.numpy(), emb.labels, names, out_dir / "tsne.png", cfg.report.tsne_points, cfg.train.seed)
+    figures["t-SNE of the test embeddings"] = out_dir / "tsne.png"
+
+    rng = np.random.default_rng(cfg.train.seed)
+    q = rng.permutation(len(emb.labels))[: cfg.report.grid_queries]
+    k = min(cfg.report.grid_neighbours, len(emb.labels) - 1)
+    if k >= 1:
+        nn_idx = (x[q] @ x.T).index_put_((torch.arange(len(q)), torch.as_tensor(q)), torch.tensor(-2.0)).topk(k).indices
+        queries = [_image(trainer.table, int(emb.indices[i])) for i in q]
+        neighbours = [[_image(trainer.table, int(emb.indices[j])) for j in row] for row in nn_idx.tolist()]
+        correct = [
+            [bool(emb.labels[j] == emb.labels[i]) for j in row] for i, row in zip(q, nn_idx.tolist(), strict=True)
+        ]
+        plots.retrieval_grid(queries, neighbours, correct, out_dir / "retrieval.png")
+        figures["Retrieval examples"] = out_dir / "retrieval.png"
+    plots.per_class_recall(per_class_recall(emb, cfg.eval), names, out_dir / "per_class_recall.png")
+    figures["Per-class recall@1"] = out_dir / "per_class_recall.png"
+    return figures
+
+
+def write_report(run_dir: str | Path, trainer=None) -> Path:
+    """Write ``report.html`` (+ PNGs) for the run in ``run_dir``; ``trainer`` (with the selected weights loaded)
+    provides the test embeddings for the t-SNE, retrieval grid and per-class plots."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    figures = _figures(run_dir, trainer)
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{t}</td><td>{v}</td></tr>" for k, t, v in _metric_rows(metrics))
+    selected = metrics.get("selected", {})
+    notes = [f"protocol: {metrics.get('protocol', '?')}", f"steps: {metrics.get('steps', '?')}"]
+    if selected.get("split"):
+        notes.append(f"best checkpoint: step {selected['step']} by {selected['split']} {selected['metric']} = "
+                     f"{selected['value']:.4f}")  # fmt: skip
+    if "warning" in metrics:
+        notes.append(f"<b>warning:</b> {html.escape(metrics['warning'])}")
+    if "skipped_images" in metrics:
+        notes.append(f"skipped unreadable images: {metrics['skipped_images']['count']}")
+    for split, info in metrics.get("splits", {}).items():
+        notes.append(f"{split}: {info['images']} images, {info['classes']} classes")
+    images = "".join(
+        f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
+        f"src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
+        for title, path in figures.items()
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>deepmetric report: {html.escape(run_dir.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 12px; }}
+th {{ background: #f0f0f0; }} td:nth-child(n+2) {{ text-align: right; font-variant-numeric: tabular-nums; }}
+img {{ max-width: 100%; border: 1px solid #eee; }} pre {{ background: #f7f7f7; padding: 1em; overflow: auto; }}
+</style></head><body>
+<h1>deepmetric run <code>{html.escape(run_dir.name)}</code></h1>
+<p>{"<br>".join(notes)}</p>
+<h2>Metrics</h2>
+<table id="metrics"><tr><th>metric</th><th>test</th><th>validation (best)</th></tr>{rows}</table>
+{images}
+<h2>Configuration</h2><pre>{html.escape(config)}</pre>
+</body></html>
+"""
+    path = run_dir / "report.html"
+    write_text(path, page)
+    return path

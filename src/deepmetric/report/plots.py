@@ -1,0 +1,113 @@
+"""Plots of a run (matplotlib, Agg): curves, t-SNE, retrieval grid, per-class recall@1."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def training_curves(records: list[dict], path) -> bool:
+    """Training loss and validation metrics against steps; False when there is nothing to plot."""
+    train = [r for r in records if r.get("type") == "train"]
+    evals = [r for r in records if r.get("type") == "eval" and r.get("split") != "test"]
+    if not train and not evals:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    if train:
+        parts = [k for k in train[-1] if k not in ("type", "step", "epoch", "lr", "steps_per_s")]
+        for k in parts:
+            axes[0].plot([r["step"] for r in train if k in r], [r[k] for r in train if k in r], label=k)
+        axes[0].set_xlabel("step")
+        axes[0].set_title("training loss")
+        axes[0].legend(fontsize=8)
+    if evals:
+        for k in ("recall@1", "map@r", "nmi", "fine/recall@1", "fine/map@r", "coarse/recall@1"):
+            if k in evals[-1]:
+                axes[1].plot([r["step"] for r in evals], [r[k] for r in evals], marker="o", label=k)
+        axes[1].set_xlabel("step")
+        axes[1].set_title(f"{evals[-1]['split']} metrics")
+        axes[1].legend(fontsize=8)
+        axes[1].grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def tsne(embeddings: np.ndarray, labels: np.ndarray, names: dict | None, path, max_points: int, seed: int) -> None:
+    """2-D t-SNE of (a seeded subsample of) the embeddings, coloured by class."""
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(labels))[:max_points]
+    xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, max(5, len(idx) // 4))).fit_transform(
+        embeddings[idx]
+    )
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    classes = np.unique(labels[idx])
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "gist_ncar")
+    for i, c in enumerate(classes):
+        m = labels[idx] == c
+        label = names.get(int(c), str(c)) if names else str(c)
+        ax.scatter(
+            xy[m, 0],
+            xy[m, 1],
+            s=6,
+            color=cmap(i / max(1, len(classes) - 1)),
+            label=label if len(classes) <= 20 else None,
+        )
+    if len(classes) <= 20:
+        ax.legend(markerscale=3, fontsize=7, loc="best")
+    ax.set_title(f"t-SNE of {len(idx)} test embeddings")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _save(fig, path)
+
+
+def retrieval_grid(
+    queries: list[np.ndarray], neighbours: list[list[np.ndarray]], correct: list[list[bool]], path
+) -> None:
+    """Each row: a query image, then its nearest neighbours framed green (same class) or red (other class)."""
+    rows, cols = len(queries), 1 + max(len(n) for n in neighbours)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.35 * rows))
+    axes = np.atleast_2d(axes)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                img, colour = queries[r], "black"
+                ax.set_ylabel("query", fontsize=7)
+            elif c - 1 < len(neighbours[r]):
+                img, colour = neighbours[r][c - 1], ("#1a9641" if correct[r][c - 1] else "#d7191c")
+            else:
+                ax.axis("off")
+                continue
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+            for spine in ax.spines.values():
+                spine.set_color(colour)
+                spine.set_linewidth(3)
+    fig.suptitle("queries and their nearest test neighbours (green: same class, red: other class)", fontsize=9)
+    _save(fig, path)
+
+
+def per_class_recall(values: dict[int, float], names: dict | None, path) -> None:
+    classes = sorted(values, key=lambda c: values[c])
+    shown = classes if len(classes) <= 40 else classes[:20] + classes[-20:]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(shown) + 1)))
+    labels = [names.get(c, str(c)) if names else str(c) for c in shown]
+    ax.barh(range(len(shown)), [values[c] for c in shown], color="#4575b4")
+    ax.set_yticks(range(len(shown)), labels, fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("recall@1")
+    title = "per-class recall@1" + (" (20 worst and 20 best classes)" if len(classes) > 40 else "")
+    ax.set_title(title)
+    _save(fig, path)

@@ -1,0 +1,388 @@
+"""The trainer: data → augmentation → method → optimizer, with validation, selection, exact resume and reports.
+
+Run directory (DESIGN §5): ``config.yaml``, ``log.jsonl``, ``metrics.json``, ``checkpoints/last.pt``,
+``checkpoints/best.pt``, ``report.html``. Determinism: the sampler depends on (seed, epoch), each step's
+augmentation on (seed, step), initialisation on the seed; ``last.pt`` holds the model, method, optimizer,
+schedule, sampler position, every RNG state and the counters, so a resumed run ends where an uninterrupted one
+would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config, to_yaml
+from ..data import (
+    BatchAugment,
+    ClassBalancedBatchSampler,
+    ImageDataset,
+    collate_batch,
+    load_dataset,
+    make_splits,
+)
+from ..models import Embedder, build_backbone
+from .checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    write_json,
+    write_text,
+)
+from .evaluate import embed_split, score
+from .schedule import LRSchedule
+
+CHECKPOINT_VERSION = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss becomes NaN or Inf; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but CUDA is not available")
+    return device
+
+
+def build_method(cfg: Config, model: Embedder, num_classes: int):
+    """The method named by ``cfg.method.name`` (the trainer never names one itself)."""
+    from ..methods import registry
+
+    return registry.build(cfg, model, num_classes)
+
+
+def build_optimizer(cfg, groups):
+    name = cfg.name
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain log lines when there is none or ``CI`` is set."""
+
+    def __init__(self, total: int, initial: int):
+        self.plain = bool(os.environ.get("CI")) or not sys.stderr.isatty()
+        self.total = total
+        if not self.plain:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="training", unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, info: dict, n: int = 1) -> None:
+        if self.plain:
+            return
+        self.bar.update(n)
+        if info:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=False)
+
+    def line(self, text: str) -> None:
+        if self.plain:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        if not self.plain:
+            self.bar.close()
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+                 existing: bool = False):  # fmt: skip
+        """``resume``: continue the run in ``run_dir``; ``existing``: only load it (evaluate, embed, report)."""
+        self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if not (resume or existing) and ((self.run_dir / "log.jsonl").exists() or self.ckpt_dir.exists()):
+            raise FileExistsError(
+                f"run directory {self.run_dir} already holds a run: continue it with --resume {self.run_dir}, "
+                "or choose another --output"
+            )
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self._setup_data()
+        torch.manual_seed(cfg.train.seed)  # initialisation independent of what data loading drew
+        backbone = build_backbone(
+            cfg.model.backbone, in_channels=self.train_set.channels, pooling=cfg.model.pooling,
+            freeze_bn=cfg.model.freeze_bn, pretrained=cfg.model.pretrained, weights=cfg.model.weights,
+            width=cfg.model.width, blocks=tuple(cfg.model.blocks),
+        )  # fmt: skip
+        model = Embedder(backbone, {"embedding": cfg.model.embedding_dim}, normalize=cfg.model.normalize)
+        self.method = build_method(cfg, model, self.num_classes).to(self.device)
+        groups = self.method.param_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult)
+        self.optimizer = build_optimizer(cfg.optim, groups)
+        self.steps_per_epoch = len(self.sampler)
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+        self.schedule = LRSchedule(cfg.schedule, self.optimizer, self.total_steps)
+        self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best_value, self.best_step, self.evals_since_best = None, None, 0
+        self.best_val_metrics: dict = {}
+        self.history: list[dict] = []
+        self.bad_images: list[str] = []
+        self.resumed_from = None
+        if resume:
+            self._resume()
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.table = load_dataset(cfg.data.name, cfg.data.root, **cfg.data.options)
+        self.splits = make_splits(self.table, cfg.protocol, seed=cfg.train.seed)
+        train_raw = self.splits.train_labels[self.splits.train]
+        self.train_classes = np.unique(train_raw)
+        contiguous = np.full(len(self.table), -1, dtype=np.int64)
+        contiguous[self.splits.train] = np.searchsorted(self.train_classes, train_raw)
+        self.num_classes = len(self.train_classes)
+        common = dict(channels=cfg.data.channels, load_size=cfg.data.load_size if self.table.paths else None,
+                      on_bad_image=cfg.data.on_bad_image)  # fmt: skip
+        self.train_set = ImageDataset(self.table, self.splits.train, labels=contiguous, **common)
+        self.val_set = ImageDataset(self.table, self.splits.val, **common) if len(self.splits.val) else None
+        self.test_set = ImageDataset(self.table, self.splits.test, **common)
+        self.sampler = ClassBalancedBatchSampler(
+            self.train_set.labels, cfg.data.classes_per_batch, cfg.data.samples_per_class, seed=cfg.train.seed,
+            small_classes=cfg.data.small_classes,
+        )  # fmt: skip
+        self.loader = torch.utils.data.DataLoader(
+            self.train_set, batch_sampler=self.sampler, collate_fn=collate_batch, num_workers=cfg.data.workers,
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        self.train_aug = BatchAugment(cfg.augment, train=True).to(self.device)
+        self.eval_aug = BatchAugment(cfg.augment, train=False).to(self.device)
+
+    # --------------------------------------------------------------------------------------------- helpers
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+
+    def _augmentation_seed(self, step: int) -> int:
+        return (self.cfg.train.seed * 1_000_003 + step) % (2**63 - 1)
+
+    def _state(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "best_value": self.best_value, "best_step": self.best_step, "evals_since_best": self.evals_since_best,
+            "best_val_metrics": self.best_val_metrics, "history": self.history, "bad_images": self.bad_images,
+            "rng": rng_state(),
+        }  # fmt: skip
+
+    def _resume(self) -> None:
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            self._say(f"no checkpoint in {self.ckpt_dir}: starting from the beginning")
+            return
+        state = load_checkpoint(path)
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        for key in ("step", "epoch", "batch_in_epoch", "best_value", "best_step", "evals_since_best",
+                    "best_val_metrics", "history", "bad_images"):  # fmt: skip
+            setattr(self, key, state[key])
+        set_rng_state(state["rng"])
+        self.resumed_from = self.step
+        self._truncate_log(self.step)
+        self._say(f"resumed from step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint (by the interrupted process) so the log reads as one run."""
+        log = self.run_dir / "log.jsonl"
+        if not log.is_file():
+            return
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        write_text(log, "".join(line + "\n" for line in kept))
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"deepmetric: {text}", file=sys.stderr, flush=True)
+
+    def save_last(self) -> None:
+        save_checkpoint(self._state(), self.ckpt_dir / "last.pt")
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
+        dataset = {"val": self.val_set, "test": self.test_set}[split]
+        emb = embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size,
+                          self.cfg.data.workers, progress)  # fmt: skip
+        masks = {}
+        if split == "test" and self.splits.test_query is not None:
+            pos = {int(i): p for p, i in enumerate(emb.indices)}
+            masks["query_mask"] = np.array([pos[int(i)] for i in self.splits.test_query])
+            masks["gallery_mask"] = np.array([pos[int(i)] for i in self.splits.test_gallery])
+        return score(emb, self.cfg.eval, superclass=self.splits.protocol == "superclass", seed=self.cfg.train.seed,
+                     **masks)  # fmt: skip
+
+    def _select_key(self, metrics: dict) -> str:
+        key = self.cfg.train.select_metric
+        if key in metrics:
+            return key
+        for prefix in ("fine/", "coarse/"):
+            if prefix + key in metrics:
+                return prefix + key
+        raise KeyError(f"train.select_metric={key!r} is not among the metrics {sorted(metrics)}")
+
+    def _validate(self) -> bool:
+        """Evaluate on the selection split; save best.pt on improvement. Returns True to stop early."""
+        split = self.cfg.train.select_split
+        if split == "val" and self.val_set is None:
+            return False
+        metrics = self.evaluate(split)
+        key = self._select_key(metrics)
+        value = metrics[key]
+        record = {"type": "eval", "split": split, "step": self.step, "epoch": self.epoch, **metrics}
+        self.history.append(record)
+        self._log(record)
+        self.method.on_validation_end(metrics, self)
+        self.schedule.on_validation(value)
+        improved = self.best_value is None or value > self.best_value
+        if improved:
+            self.best_value, self.best_step, self.evals_since_best = value, self.step, 0
+            self.best_val_metrics = metrics
+            save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": key, "value": value},
+                            self.ckpt_dir / "best.pt")  # fmt: skip
+        else:
+            self.evals_since_best += 1
+        self.progress.line(
+            f"step {self.step}: {split} {key} {value:.4f}"
+            + (" (best)" if improved else f" (best {self.best_value:.4f})")
+        )
+        patience = self.cfg.train.early_stopping_patience
+        return patience is not None and self.evals_since_best >= patience
+
+    # ------------------------------------------------------------------------------------------- training
+    def _train_step(self, batch) -> dict[str, torch.Tensor]:
+        images = batch["image"].to(self.device, non_blocking=True)
+        views = self.train_aug(images, seed=self._augmentation_seed(self.step), views=self.method.num_views)
+        views = views if isinstance(views, list) else [views]
+        inputs = {"views": views, "label": batch["label"].to(self.device), "index": batch["index"].to(self.device)}
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            parts = self.method.training_step(inputs)
+        loss = parts["loss"]
+        if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):  # free on CPU; on GPU checked at logs
+            self._nonfinite(parts)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return parts
+
+    def _nonfinite(self, parts: dict) -> None:
+        described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.step + 1} ({described}); the run stopped and the last good checkpoint "
+            f"({self.ckpt_dir / 'last.pt'}, step {self._last_saved_step}) is kept. Lower optim.lr or set "
+            "optim.grad_clip_norm."
+        )
+
+    def fit(self) -> dict:
+        """Train (or continue), evaluate the best checkpoint on test, write metrics.json and the report."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(self.run_dir / "config.yaml", to_yaml(cfg))
+        self._last_saved_step = self.step
+        self.progress = Progress(self.total_steps, self.step)
+        stop = False
+        t_last, step_last = time.perf_counter(), self.step
+        try:
+            while self.step < self.total_steps and not stop:
+                self.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+                for batch in self.loader:
+                    self.bad_images += batch["bad_paths"]
+                    if batch["image"].shape[0] == 0:
+                        continue
+                    self.schedule.apply(self.step)
+                    parts = self._train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self.method.on_step_end(self.step)
+                    if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+                        values = {k: float(v.detach()) for k, v in parts.items()}
+                        if not all(math.isfinite(v) for v in values.values()):
+                            self._nonfinite(parts)
+                        now = time.perf_counter()
+                        rate = (self.step - step_last) / max(now - t_last, 1e-9)
+                        t_last, step_last = now, self.step
+                        self._log({"type": "train", "step": self.step, "epoch": self.epoch, **values,
+                                   "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": rate})  # fmt: skip
+                        self.progress.update(self.step, {**values, "it/s": rate}, 0)
+                        if self.progress.plain:
+                            self.progress.line(f"step {self.step}/{self.total_steps} loss {values['loss']:.4f} "
+                                               f"({rate:.1f} steps/s)")  # fmt: skip
+                    self.progress.update(self.step, {}, 1)
+                    end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch
+                    eval_due = (cfg.train.eval_every_steps and self.step % cfg.train.eval_every_steps == 0) or (
+                        not cfg.train.eval_every_steps and end_of_epoch
+                    )
+                    if end_of_epoch:
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    if eval_due or self.step == self.total_steps:
+                        stop = self._validate()
+                    if eval_due or end_of_epoch or self.step == self.total_steps or self._checkpoint_due():
+                        self.save_last()
+                        self._last_saved_step = self.step
+                    if stop or self.step >= self.total_steps or end_of_epoch:
+                        break
+        finally:
+            self.progress.close()
+        return self.finish()
+
+    def _checkpoint_due(self) -> bool:
+        every = int(os.environ.get("DEEPMETRIC_CHECKPOINT_EVERY", "0"))  # for resume tests and very long epochs
+        return every > 0 and self.step % every == 0
+
+    def finish(self) -> dict:
+        """Test evaluation with the best checkpoint (or the last weights without validation), metrics.json, report."""
+        best = self.ckpt_dir / "best.pt"
+        if best.is_file():
+            self.method.load_state_dict(load_checkpoint(best)["method"])
+            selected = {"split": self.cfg.train.select_split, "step": self.best_step,
+                        "metric": self._select_key(self.best_val_metrics), "value": self.best_value}  # fmt: skip
+        else:
+            selected = {"split": None, "step": self.step, "metric": None, "value": None}
+        test = self.evaluate("test", progress=not self.quiet)
+        self._log({"type": "eval", "split": "test", "step": self.step, **test})
+        metrics = {"val": self.best_val_metrics, "test": test, "selected": selected, "steps": self.step,
+                   "protocol": self.splits.protocol, "splits": self.splits.info}  # fmt: skip
+        if self.cfg.train.select_split == "test":
+            metrics["warning"] = "model selected on the test split (train.select_split=test): test metrics are biased"
+        if self.bad_images:
+            metrics["skipped_images"] = {"count": len(self.bad_images), "paths": sorted(set(self.bad_images))}
+        write_json(self.run_dir / "metrics.json", metrics)
+        if self.cfg.report.enabled:
+            from ..report import write_report
+
+            write_report(self.run_dir, trainer=self)
+        return metrics

@@ -1,0 +1,127 @@
+"""End-to-end: train, evaluate, embed and report on scikit-learn's digits (seconds on a CPU)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import deepmetric
+from deepmetric.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "digits.yaml"
+    from .conftest import DIGITS_CONFIG
+
+    cfg.write_text(DIGITS_CONFIG)
+    run_dir, metrics = deepmetric.train(cfg, output=tmp / "run", quiet=True)
+    return run_dir, metrics
+
+
+def test_run_directory_contract(trained):
+    run_dir, metrics = trained
+    for name in (
+        "config.yaml",
+        "log.jsonl",
+        "metrics.json",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+        "report.html",
+    ):
+        assert (run_dir / name).is_file(), name
+    on_disk = json.loads((run_dir / "metrics.json").read_text())
+    assert on_disk["test"] == pytest.approx(metrics["test"])
+    assert set(on_disk["test"]) >= {"recall@1", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami"}
+    assert on_disk["selected"]["split"] == "val" and on_disk["protocol"] == "zero_shot"
+    assert on_disk["splits"]["test"]["classes"] == 5
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, metrics["steps"] + 1))
+    assert sum(r["type"] == "eval" and r["split"] == "val" for r in records) == 2
+
+
+def test_training_learns_the_unseen_classes(trained):
+    _, metrics = trained
+    # 5 unseen classes: random embeddings give recall@1 ≈ 0.2
+    assert metrics["test"]["recall@1"] > 0.6 and metrics["val"]["recall@1"] > 0.8
+
+
+def test_report_has_metrics_and_plots(trained):
+    run_dir, _ = trained
+    page = (run_dir / "report.html").read_text()
+    assert '<table id="metrics">' in page and "recall@1" in page
+    assert page.count("data:image/png;base64,") == 4
+    for png in ("curves", "tsne", "retrieval", "per_class_recall"):
+        assert (run_dir / "report" / f"{png}.png").stat().st_size > 1000
+
+
+def test_cli_evaluate_embed_report(trained, tmp_path, capsys):
+    run_dir, metrics = trained
+    assert main(["evaluate", str(run_dir), "--json", "--quiet"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated == pytest.approx(metrics["test"], abs=1e-6)
+    assert main(["evaluate", str(run_dir), "--split", "val", "--checkpoint", "last", "--quiet"]) == 0
+    assert "val metrics: recall@1" in capsys.readouterr().out
+    out = tmp_path / "emb"
+    assert main(["embed", str(run_dir), "--split", "test", "--out", str(out), "--quiet"]) == 0
+    emb = np.load(tmp_path / "emb.npy")
+    sidecar = json.loads((tmp_path / "emb.json").read_text())
+    assert emb.shape == (metrics["test"]["num_queries"], 32) and len(sidecar["labels"]) == emb.shape[0]
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0 and (run_dir / "report.html").is_file()
+
+
+def test_cli_train_errors(digits_config, tmp_path, capsys):
+    assert main(["train", str(digits_config), "train.epoch=1", "--output", str(tmp_path / "x")]) == 2
+    assert "did you mean train.epochs" in capsys.readouterr().err
+    assert main(["train", str(digits_config), "loss.name=triplet_margn", "--output", str(tmp_path / "y")]) == 2
+    assert "closest: ['tripletmargin'" in capsys.readouterr().err
+    assert main(["train", str(digits_config), "data.name=mnist", "--output", str(tmp_path / "z")]) == 2
+    assert "unknown dataset 'mnist'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "KEY=VALUE" in capsys.readouterr().out
+
+
+def test_selection_on_test_is_recorded(digits_config, tmp_path):
+    _, metrics = deepmetric.train(digits_config, output=tmp_path / "leaky", quiet=True, train__select_split="test",
+                                  train__epochs=1, report__enabled=False)  # fmt: skip
+    assert "test split" in metrics["warning"] and metrics["selected"]["split"] == "test"
+
+
+def chromium_path():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="Debian chromium not installed (make test installs it)")
+def test_report_renders_in_headless_chromium(trained, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    run_dir, metrics = trained
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run"]  # fmt: skip
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=flags)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto((run_dir / "report.html").resolve().as_uri())
+        table = page.locator("#metrics")
+        assert table.is_visible()
+        assert table.locator("tr").count() == 1 + sum(not k.startswith("num_") for k in metrics["test"])
+        assert f"{metrics['test']['recall@1']:.4f}" in table.inner_text()
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert len(widths) == 4 and min(widths) > 100  # every embedded PNG decoded
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 20_000
+
+
+def test_training_into_an_existing_run_is_refused(trained, digits_config):
+    run_dir, _ = trained
+    log_before = (run_dir / "log.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="--resume"):
+        deepmetric.train(digits_config, output=run_dir, quiet=True)
+    assert (run_dir / "log.jsonl").read_text() == log_before

@@ -1,0 +1,55 @@
+"""Config loading: layers, overrides, and errors that name the full key and value."""
+
+import pytest
+
+from deepmetric.config import ConfigError, load_config
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("train: {epochs: 5}\nloss: {name: contrastive}\n")
+    (tmp_path / "run.yaml").write_text("base: base.yaml\ntrain: {seed: 3}\n")
+    cfg = load_config(tmp_path / "run.yaml", ["train.epochs=7", "loss.params.margin=0.3"])
+    assert cfg.train.epochs == 7 and cfg.train.seed == 3 and cfg.loss.name == "contrastive"
+    assert cfg.loss.params == {"margin": 0.3} and cfg.data.name == "fashion_mnist"
+    assert load_config(overrides={"model": {"embedding_dim": 64}}).model.embedding_dim == 64
+
+
+def test_repository_presets_load():
+    from pathlib import Path
+
+    root = Path(__file__).parents[3] / "configs"
+    presets = sorted(p for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+    assert len(presets) >= 8
+    for p in presets:
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["train.epoch=3"], r"'train\.epoch'.*did you mean train\.epochs"),
+        (["train.epochs=three"], r"'train\.epochs'.*'three'"),
+        (["optim.name=adamax"], r"optim\.name='adamax' is not one of"),
+        (["data.classes_per_batch=0"], r"data\.classes_per_batch=0 must be ≥ 1"),
+        (["optim.lr=-1"], r"optim\.lr=-1\.0 must be > 0"),
+        (["trian.epochs=1"], r"'trian'"),
+    ],
+)
+def test_errors_name_key_and_value(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(overrides=overrides)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("train: {epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match="cannot parse YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "typo.yaml").write_text("model: {embeding_dim: 3}\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml.*model\.embeding_dim.*model\.embedding_dim"):
+        load_config(tmp_path / "typo.yaml")
