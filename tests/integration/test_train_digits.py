@@ -33,7 +33,8 @@ def test_run_directory_contract(trained):
         assert (run_dir / name).is_file(), name
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk["test"] == pytest.approx(metrics["test"])
-    assert set(on_disk["test"]) >= {"recall@1", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami"}
+    assert set(on_disk["test"]) >= {"recall@1", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami",
+                                    "spread_ratio", "intra_class_variance"}  # fmt: skip
     assert on_disk["selected"]["split"] == "val" and on_disk["protocol"] == "zero_shot"
     assert on_disk["splits"]["test"]["classes"] == 5
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -51,8 +52,9 @@ def test_report_has_metrics_and_plots(trained):
     run_dir, _ = trained
     page = (run_dir / "report.html").read_text()
     assert '<table id="metrics">' in page and "recall@1" in page
-    assert page.count("data:image/png;base64,") == 4
-    for png in ("curves", "tsne", "retrieval", "per_class_recall"):
+    # digits carry coarse labels (parity), so the coarse-class plot is there too
+    assert page.count("data:image/png;base64,") == 5
+    for png in ("curves", "tsne", "retrieval", "per_class_recall", "coarse_class"):
         assert (run_dir / "report" / f"{png}.png").stat().st_size > 1000
 
 
@@ -112,7 +114,7 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
         assert table.locator("tr").count() == 1 + sum(not k.startswith("num_") for k in metrics["test"])
         assert f"{metrics['test']['recall@1']:.4f}" in table.inner_text()
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
-        assert len(widths) == 4 and min(widths) > 100  # every embedded PNG decoded
+        assert len(widths) == 5 and min(widths) > 100  # every embedded PNG decoded
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
@@ -125,3 +127,16 @@ def test_training_into_an_existing_run_is_refused(trained, digits_config):
     with pytest.raises(FileExistsError, match="--resume"):
         deepmetric.train(digits_config, output=run_dir, quiet=True)
     assert (run_dir / "log.jsonl").read_text() == log_before
+
+
+def test_tensorboard_mirrors_the_log(digits_config, tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, metrics = deepmetric.train(digits_config, output=tmp_path / "tb", quiet=True, train__tensorboard=True,
+                                        train__epochs=1, report__enabled=False)  # fmt: skip
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "train/loss" in tags and "val/map@r" in tags and "test/recall@1" in tags
+    assert events.Scalars("test/recall@1")[-1].value == pytest.approx(metrics["test"]["recall@1"], abs=1e-6)

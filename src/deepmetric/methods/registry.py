@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 
 from ..registry import build_loss, build_miner
 from .standard import StandardMethod
@@ -13,6 +14,14 @@ def _standard(cfg, model, num_classes):
         raise ValueError(f"method 'standard' takes no method.options (got {sorted(cfg.method.options)})")
     loss = build_loss(cfg.loss.name, cfg.loss.params, num_classes=num_classes, embedding_size=model.dims["embedding"])
     miner = build_miner(cfg.miner.name, cfg.miner.params)
+    from ..miners import EasyPositiveMiner
+
+    if isinstance(miner, EasyPositiveMiner) and cfg.data.samples_per_class < 3:
+        warnings.warn(
+            f"EPS with data.samples_per_class={cfg.data.samples_per_class}: with fewer than 3 samples per class the "
+            "nearest positive is the only positive, so EPS cannot change anything; use 4 or more",
+            stacklevel=2,
+        )
     return StandardMethod(model, loss, miner, cfg.loss.lr_mult, cfg.loss.weight_decay)
 
 

@@ -5,8 +5,9 @@
 - ``timm:<name>``: any timm model as a trunk (optional dependency ``deepmetric[timm]``), ImageNet weights from the
   hub (``pretrained: true``) or from a local file (``weights: PATH``).
 
-Every backbone has the DML options: ``pooling`` (``avg``, ``max`` or ``avg+max``, the sum of both as in
-Roth et al. 2020), ``freeze_bn`` (BatchNorm running statistics frozen in training, affine parameters still
+Every backbone has the DML options: ``pooling`` (``avg``, ``max``, ``avg+max`` (the sum of both, as in
+Roth et al. 2020), or ``flatten``, which keeps the spatial layout of small inputs and needs ``input_size``),
+``freeze_bn`` (BatchNorm running statistics frozen in training, affine parameters still
 trained), and ``weights`` (a local state-dict file loaded strictly, with a clear error on any mismatch).
 """
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-POOLINGS = ("avg", "max", "avg+max")
+POOLINGS = ("avg", "max", "avg+max", "flatten")
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -102,12 +103,21 @@ class TimmTrunk(nn.Module):
 class Backbone(nn.Module):
     """A trunk followed by global pooling: images (B × C × H × W) → features (B × out_features)."""
 
-    def __init__(self, trunk: nn.Module, pooling: str = "avg", freeze_bn: bool = False):
+    def __init__(self, trunk: nn.Module, pooling: str = "avg", freeze_bn: bool = False,
+                 input_shape: tuple[int, int, int] | None = None):  # fmt: skip
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.trunk, self.pooling, self.freeze_bn = trunk, pooling, freeze_bn
         self.out_features = trunk.out_features
+        if pooling == "flatten":
+            if input_shape is None:
+                raise ValueError("pooling='flatten' needs the input shape (channels, height, width)")
+            with torch.no_grad():
+                was = trunk.training
+                trunk.eval()
+                self.out_features = trunk(torch.zeros(1, *input_shape)).flatten(1).shape[1]
+                trunk.train(was)
         self.train()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +128,8 @@ class Backbone(nn.Module):
             return fmap.mean(dim=(2, 3))
         if self.pooling == "max":
             return fmap.amax(dim=(2, 3))
+        if self.pooling == "flatten":
+            return fmap.flatten(1)
         return fmap.mean(dim=(2, 3)) + fmap.amax(dim=(2, 3))
 
     def train(self, mode: bool = True):
@@ -175,6 +187,7 @@ def build_backbone(
     weights: str | None = None,
     width: int = 32,
     blocks: tuple[int, ...] = (1, 1, 1, 1),
+    input_size: int | None = None,
 ) -> Backbone:
     """Build a backbone by name (``small_cnn``, ``small_resnet`` or ``timm:<model>``)."""
     if name == "small_cnn":
@@ -190,4 +203,5 @@ def build_backbone(
         raise ValueError(f"backbone {name!r} has no hub weights; give weights=PATH to a local state-dict file")
     if weights:
         load_weights(trunk, weights)
-    return Backbone(trunk, pooling=pooling, freeze_bn=freeze_bn)
+    shape = (in_channels, input_size, input_size) if input_size else None
+    return Backbone(trunk, pooling=pooling, freeze_bn=freeze_bn, input_shape=shape)

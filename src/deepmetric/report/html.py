@@ -70,6 +70,17 @@ def _figures(run_dir: Path, trainer) -> dict[str, Path]:
         figures["Retrieval examples"] = out_dir / "retrieval.png"
     plots.per_class_recall(per_class_recall(emb, cfg.eval), names, out_dir / "per_class_recall.png")
     figures["Per-class recall@1"] = out_dir / "per_class_recall.png"
+    if (emb.coarse_labels >= 0).all():
+        groups = {c: np.unique(emb.labels[emb.coarse_labels == c]) for c in np.unique(emb.coarse_labels)}
+        coarse, fines = max(groups.items(), key=lambda kv: (len(kv[1]), -kv[0]))
+        if len(fines) > 1:
+            members = np.flatnonzero(emb.coarse_labels == coarse)
+            members = np.random.default_rng(cfg.train.seed).permutation(members)[: cfg.report.tsne_points]
+            coarse_name = (trainer.table.coarse_names or {}).get(int(coarse), str(coarse))
+            title = f"coarse class '{coarse_name}': test embeddings by fine class (collapse shows as one blob)"
+            plots.coarse_class_plot(x[members].numpy(), emb.labels[members], names, title,
+                                    out_dir / "coarse_class.png", cfg.train.seed)  # fmt: skip
+            figures[f"Inside the coarse class '{coarse_name}'"] = out_dir / "coarse_class.png"
     return figures
 
 

@@ -71,6 +71,25 @@ def tsne(embeddings: np.ndarray, labels: np.ndarray, names: dict | None, path, m
     _save(fig, path)
 
 
+def coarse_class_plot(embeddings, fine, names: dict | None, title: str, path, seed: int) -> None:
+    """t-SNE of one coarse class's embeddings coloured by fine label: modes apart, or collapsed into one blob."""
+    from sklearn.manifold import TSNE
+
+    xy = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, max(5, len(fine) // 4))).fit_transform(
+        embeddings
+    )
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for i, c in enumerate(np.unique(fine)):
+        m = fine == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=7, color=plt.get_cmap("tab10")(i % 10),
+                   label=names.get(int(c), str(c)) if names else str(c))  # fmt: skip
+    ax.legend(markerscale=3, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _save(fig, path)
+
+
 def retrieval_grid(
     queries: list[np.ndarray], neighbours: list[list[np.ndarray]], correct: list[list[bool]], path
 ) -> None:

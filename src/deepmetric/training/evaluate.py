@@ -10,6 +10,7 @@ import torch
 from ..config import EvalConfig
 from ..data import BatchAugment, ImageDataset, collate_batch
 from ..evaluation import clustering_metrics, per_class_retrieval_metrics, retrieval_metrics
+from ..evaluation.diagnostics import collapse_diagnostics
 
 
 @dataclass
@@ -47,7 +48,8 @@ def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, ba
 
 def score(emb: Embedded, cfg: EvalConfig, *, query_mask=None, gallery_mask=None, superclass: bool = False,
           seed: int = 0) -> dict[str, float]:  # fmt: skip
-    """Retrieval (+ clustering) metrics; ``fine/`` and ``coarse/`` prefixes under the superclass protocol."""
+    """Retrieval (+ clustering) metrics, ``fine/`` and ``coarse/`` prefixed under the superclass protocol, and the
+    collapse diagnostics (``intra_class_variance``, and ``spread_ratio`` when coarse labels exist)."""
     targets = {"": emb.labels}
     if superclass:
         targets = {"fine/": emb.labels, "coarse/": emb.coarse_labels}
@@ -62,6 +64,8 @@ def score(emb: Embedded, cfg: EvalConfig, *, query_mask=None, gallery_mask=None,
         if cfg.clustering and len(np.unique(labels)) > 1:
             m.update(clustering_metrics(emb.embeddings, labels, seed=seed))
         out.update({prefix + k: v for k, v in m.items()})
+    coarse = emb.coarse_labels if (emb.coarse_labels >= 0).all() else None
+    out.update(collapse_diagnostics(emb.embeddings, emb.labels, coarse))  # class-collapse diagnostics (EPS)
     return out
 
 

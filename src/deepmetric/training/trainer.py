@@ -122,7 +122,7 @@ class Trainer:
         backbone = build_backbone(
             cfg.model.backbone, in_channels=self.train_set.channels, pooling=cfg.model.pooling,
             freeze_bn=cfg.model.freeze_bn, pretrained=cfg.model.pretrained, weights=cfg.model.weights,
-            width=cfg.model.width, blocks=tuple(cfg.model.blocks),
+            width=cfg.model.width, blocks=tuple(cfg.model.blocks), input_size=cfg.augment.size,
         )  # fmt: skip
         model = Embedder(backbone, {"embedding": cfg.model.embedding_dim}, normalize=cfg.model.normalize)
         self.method = build_method(cfg, model, self.num_classes).to(self.device)
@@ -139,6 +139,7 @@ class Trainer:
         self.history: list[dict] = []
         self.bad_images: list[str] = []
         self.resumed_from = None
+        self.tensorboard = None
         if resume:
             self._resume()
 
@@ -172,6 +173,20 @@ class Trainer:
     def _log(self, record: dict) -> None:
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
+        if self.tensorboard is not None:
+            group = record["type"] if record["type"] == "train" else record.get("split", "eval")
+            for key, value in record.items():
+                if isinstance(value, int | float) and key not in ("step", "epoch"):
+                    self.tensorboard.add_scalar(f"{group}/{key}", value, record["step"])
+
+    def _open_tensorboard(self):
+        if not self.cfg.train.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def _augmentation_seed(self, step: int) -> int:
         return (self.cfg.train.seed * 1_000_003 + step) % (2**63 - 1)
@@ -313,6 +328,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text(self.run_dir / "config.yaml", to_yaml(cfg))
         self._last_saved_step = self.step
+        self.tensorboard = self._open_tensorboard()
         self.progress = Progress(self.total_steps, self.step)
         stop = False
         t_last, step_last = time.perf_counter(), self.step
@@ -357,7 +373,10 @@ class Trainer:
                         break
         finally:
             self.progress.close()
-        return self.finish()
+        metrics = self.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        return metrics
 
     def _checkpoint_due(self) -> bool:
         every = int(os.environ.get("DEEPMETRIC_CHECKPOINT_EVERY", "0"))  # for resume tests and very long epochs

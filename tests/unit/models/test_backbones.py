@@ -100,3 +100,12 @@ def test_embedder_heads_and_normalisation():
         Embedder(backbone, {"a": 4}, normalize={"b": True})
     with pytest.raises(ValueError, match="non-negative"):
         Embedder(backbone, {"a": -1})
+
+
+def test_flatten_pooling_keeps_the_spatial_layout():
+    backbone = build_backbone("small_cnn", in_channels=1, width=4, pooling="flatten", input_size=28)
+    assert backbone.out_features == 16 * 7 * 7
+    x = torch.randn(2, 1, 28, 28)
+    assert backbone(x).shape == (2, 16 * 7 * 7)
+    with pytest.raises(ValueError, match="input shape"):
+        build_backbone("small_cnn", pooling="flatten")

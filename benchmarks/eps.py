@@ -1,0 +1,117 @@
+"""EPS against class collapse: vanilla vs EPS for triplet, margin, contrastive and multi-similarity, several seeds.
+
+    python benchmarks/eps.py --protocol digits_parity --seeds 0 1 2
+    python benchmarks/eps.py --protocol fmnist_superclass --seeds 0 1 2 --set train.epochs=1
+    python benchmarks/eps.py --protocol glyphs_base_letter --glyphs ~/.cache/deepmetric/glyphs
+    python benchmarks/eps.py --protocol fmnist_zero_shot          # what EPS does to ordinary retrieval
+
+Superclass protocols train on coarse labels and report ``fine/nmi``, ``fine/recall@1``, ``coarse/recall@1`` and the
+spread ratio; the zero-shot protocol reports ``recall@1`` and ``map@r``. Each cell is mean ± std over the seeds.
+Runs are kept in ``--runs`` and reused, so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import deepmetric
+
+LOSSES = ("triplet", "margin", "contrastive", "multi_similarity")
+DIGITS = {  # digits: 8 × 8 images, parity as the coarse label, a 50 / 50 stratified image split
+    "data__name": "digits", "data__classes_per_batch": 2, "data__samples_per_class": 32, "augment__train": "none",
+    "augment__flip": False, "augment__size": 8, "augment__padding": 1, "model__width": 16, "model__embedding_dim": 32,
+    "protocol__test_fraction": 0.5, "train__epochs": 10, "schedule__warmup_steps": 10,
+}  # fmt: skip
+PROTOCOLS = {
+    "fmnist_superclass": ({}, ("fine/nmi", "fine/recall@1", "coarse/recall@1", "spread_ratio")),
+    "digits_parity": (DIGITS, ("fine/nmi", "fine/recall@1", "coarse/recall@1", "spread_ratio")),
+    "glyphs_base_letter": (
+        {
+            "data__name": "csv",
+            "data__options": "{coarse_column: base_letter}",
+            "data__classes_per_batch": 16,
+            "data__samples_per_class": 8,
+            "augment__flip": False,
+            "augment__size": 32,
+            "model__backbone": "small_resnet",
+            "protocol__test_fraction": 0.5,
+            "train__epochs": 2,
+        },
+        ("fine/nmi", "fine/recall@1", "coarse/recall@1", "spread_ratio"),
+    ),
+    "fmnist_zero_shot": (
+        {
+            "protocol__name": "zero_shot",
+            "train__select_metric": "map@r",
+            "data__classes_per_batch": 5,
+            "data__samples_per_class": 32,
+        },
+        ("recall@1", "map@r"),
+    ),
+}
+
+
+def run(preset: Path, overrides: dict, run_dir: Path) -> dict:
+    import json
+
+    if (run_dir / "metrics.json").is_file():
+        return json.loads((run_dir / "metrics.json").read_text())
+    resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
+    return deepmetric.train(None if resume else preset, output=run_dir, resume=resume, quiet=True, **overrides)[1]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
+    ap.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--glyphs", help="root of a glyph benchmark build (its index.csv)")
+    ap.add_argument("--runs", default="runs/eps")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--write", help="append the table to this markdown file")
+    args = ap.parse_args(argv)
+    base, metrics = PROTOCOLS[args.protocol]
+    overrides = {**base, "report__enabled": False}
+    if args.protocol == "glyphs_base_letter":
+        if not args.glyphs:
+            raise SystemExit("--glyphs ROOT is required (build it with ../shared/benchmarks/glyphs)")
+        overrides["data__root"] = args.glyphs
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key.replace(".", "__")] = value
+    rows = []
+    for loss in args.losses:
+        for mode in ("vanilla", "eps"):
+            preset = Path("configs/fashion_mnist") / f"{mode}_{loss}.yaml"
+            results = []
+            for seed in args.seeds:
+                run_dir = Path(args.runs) / args.protocol / f"{mode}_{loss}-seed{seed}"
+                results.append(run(preset, {**overrides, "train__seed": seed}, run_dir)["test"])
+            cells = []
+            for m in metrics:
+                values = [r[m] for r in results]
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.mean(values):.3f} ± {std:.3f}")
+            rows.append(f"| {loss} | {mode} | " + " | ".join(cells) + " |")
+            print(rows[-1], flush=True)
+    lines = [
+        f"`{' '.join(['python', *sys.argv])}`",
+        "",
+        f"{args.protocol}, seeds {args.seeds}, test split",
+        "",
+        "| loss | positives | " + " | ".join(metrics) + " |",
+        "|---|---|" + "---:|" * len(metrics),
+        *rows,
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        with open(args.write, "a") as f:
+            f.write(text + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
