@@ -154,6 +154,18 @@ POSITIVE = ("data.classes_per_batch", "data.samples_per_class", "data.eval_batch
             "train.log_every", "data.load_size")  # fmt: skip
 
 
+# Dicts of constructor arguments: a layer that sets one replaces it whole (a base file's loss.params must not leak
+# into a different loss); a dotted override (loss.params.margin=0.3) still edits one entry.
+REPLACED_DICTS = ("loss.params", "miner.params", "method.options", "data.options", "protocol.coarse_map")
+
+
+def _merge_layer(cfg: DictConfig, layer: DictConfig) -> DictConfig:
+    for key in REPLACED_DICTS:
+        if OmegaConf.select(layer, key, default=None) is not None and OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(cfg, key, {}, merge=False)
+    return OmegaConf.merge(cfg, layer)
+
+
 def _all_keys(node, prefix="") -> list[str]:
     keys = []
     for k, v in node.items() if isinstance(node, dict | DictConfig) else []:
@@ -181,14 +193,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if path is not None:
         for layer in _layers(Path(path)):
             try:
-                cfg = OmegaConf.merge(cfg, layer[1])
+                cfg = _merge_layer(cfg, layer[1])
             except OmegaConfBaseException as e:
                 raise _wrap(e, schema, str(layer[0])) from None
     if overrides:
         try:
-            extra = (
-                OmegaConf.from_dotlist(list(overrides)) if isinstance(overrides, list) else OmegaConf.create(overrides)
-            )
+            if isinstance(overrides, list):
+                whole = [o for o in overrides if o.partition("=")[0] in REPLACED_DICTS]  # loss.params={...}
+                if whole:
+                    cfg = _merge_layer(cfg, OmegaConf.from_dotlist(whole))
+                extra = OmegaConf.from_dotlist(list(overrides))
+            else:
+                extra = OmegaConf.create(overrides)
             cfg = OmegaConf.merge(cfg, extra)
         except OmegaConfBaseException as e:
             raise _wrap(e, schema, "override") from None

@@ -29,15 +29,20 @@ def decode_image(path: str, channels: int, load_size: int | None) -> torch.Tenso
     """Decode ``path`` into a ``channels`` × S × S uint8 tensor (S = load_size, or the native size if None)."""
     try:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            img = _to_mode(img, channels)
-            if load_size is not None:
-                img = _resize_centre_square(img, load_size)
-            array = np.asarray(img, dtype=np.uint8)
+            return image_to_tensor(img, channels, load_size)
     except FileNotFoundError as e:
         raise BadImageError(f"image not found: {path}") from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise BadImageError(f"cannot decode image {path}: {e}") from e
+
+
+def image_to_tensor(img: Image.Image, channels: int, load_size: int | None) -> torch.Tensor:
+    """A PIL image → ``channels`` × S × S uint8 tensor (EXIF orientation applied, mode converted, centre square)."""
+    img = ImageOps.exif_transpose(img)
+    img = _to_mode(img, channels)
+    if load_size is not None:
+        img = _resize_centre_square(img, load_size)
+    array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -191,9 +191,20 @@ class Trainer:
     def _augmentation_seed(self, step: int) -> int:
         return (self.cfg.train.seed * 1_000_003 + step) % (2**63 - 1)
 
+    def inference_meta(self) -> dict:
+        """What loading a checkpoint for inference needs besides the config: no dataset required."""
+        native = self.table.images.shape[-1] if self.table.images is not None else None
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.train_set.channels,
+            "load_size": self.cfg.data.load_size if native is None else int(native),
+            "class_names": {int(k): str(v) for k, v in (self.table.class_names or {}).items()},
+        }
+
     def _state(self) -> dict:
         return {
             "version": CHECKPOINT_VERSION,
+            "meta": self.inference_meta(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -283,8 +294,8 @@ class Trainer:
         if improved:
             self.best_value, self.best_step, self.evals_since_best = value, self.step, 0
             self.best_val_metrics = metrics
-            save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": key, "value": value},
-                            self.ckpt_dir / "best.pt")  # fmt: skip
+            save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": key, "value": value,
+                             "meta": self.inference_meta()}, self.ckpt_dir / "best.pt")  # fmt: skip
         else:
             self.evals_since_best += 1
         self.progress.line(

@@ -53,3 +53,25 @@ def test_file_errors(tmp_path):
     (tmp_path / "typo.yaml").write_text("model: {embeding_dim: 3}\n")
     with pytest.raises(ConfigError, match=r"typo\.yaml.*model\.embeding_dim.*model\.embedding_dim"):
         load_config(tmp_path / "typo.yaml")
+
+
+def test_argument_dicts_are_replaced_by_a_layer_but_edited_by_dotted_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("loss: {name: margin, params: {margin: 0.2, beta: 1.2}}\n")
+    (tmp_path / "triplet.yaml").write_text("base: base.yaml\nloss: {name: triplet_margin, params: {margin: 0.1}}\n")
+    cfg = load_config(tmp_path / "triplet.yaml")
+    assert cfg.loss.params == {"margin": 0.1}  # no beta leaking from the base's margin loss
+    assert load_config(tmp_path / "base.yaml", ["loss.params.margin=0.3"]).loss.params == {"margin": 0.3, "beta": 1.2}
+    assert load_config(tmp_path / "base.yaml", ["loss.params={nu: 0.1}"]).loss.params == {"nu": 0.1}
+
+
+def test_every_preset_builds_its_loss_and_miner():
+    from pathlib import Path
+
+    from deepmetric.registry import build_loss, build_miner
+
+    for p in sorted((Path(__file__).parents[3] / "configs").rglob("*.yaml")):
+        if p.name.startswith("_"):
+            continue
+        cfg = load_config(p)
+        build_loss(cfg.loss.name, cfg.loss.params, num_classes=5, embedding_size=cfg.model.embedding_dim)
+        build_miner(cfg.miner.name, cfg.miner.params)
