@@ -10,4 +10,11 @@ def train(*args, **kwargs):
     return _train(*args, **kwargs)
 
 
-__all__ = ["__version__", "train"]
+def load(run_dir, checkpoint: str = "best", device: str | None = None):
+    """Load a trained run for inference: ``deepmetric.load(run_dir).embed(images)``; see `EmbeddingModel`."""
+    from .retrieval import load as _load
+
+    return _load(run_dir, checkpoint, device)
+
+
+__all__ = ["__version__", "load", "train"]

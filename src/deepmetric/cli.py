@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _parse_options(pairs: list[str]) -> dict:
@@ -82,25 +83,149 @@ def cmd_evaluate(args) -> int:
 def cmd_embed(args) -> int:
     import numpy as np
 
-    from .api import load_trainer
     from .training.checkpoint import atomic_write_bytes, write_json
-    from .training.evaluate import embed_split
 
-    trainer = load_trainer(args.run_dir, args.checkpoint, args.device)
-    dataset = {"train": trainer.train_set, "val": trainer.val_set, "test": trainer.test_set}[args.split]
-    if dataset is None:
-        raise SystemExit(f"deepmetric embed: the run has no {args.split} split")
-    emb = embed_split(trainer.method, dataset, trainer.eval_aug, trainer.device, trainer.cfg.data.eval_batch_size,
-                      progress=not args.quiet)  # fmt: skip
-    out = args.out if args.out.endswith(".npy") else args.out + ".npy"
-    atomic_write_bytes(out, lambda f: np.save(f, emb.embeddings.numpy()))
-    table = trainer.table
-    write_json(out[:-4] + ".json", {
-        "run_dir": str(args.run_dir), "checkpoint": args.checkpoint, "split": args.split,
-        "shape": list(emb.embeddings.shape), "labels": emb.labels.tolist(), "indices": emb.indices.tolist(),
-        "ids": [table.paths[i] for i in emb.indices] if table.paths else emb.indices.tolist(),
-    })  # fmt: skip
-    print(f"wrote {out} ({emb.embeddings.shape[0]} × {emb.embeddings.shape[1]}) and {out[:-4]}.json")
+    if (args.images is None) == (args.split is None):
+        raise SystemExit("deepmetric embed: give either --images DIR|CSV or --split train|val|test")
+    if args.images is not None:
+        from .retrieval import list_images, load
+
+        model = load(args.run_dir, args.checkpoint, args.device)
+        paths, labels = list_images(args.images)
+        emb, kept, bad = model.embed_paths(paths, progress=not args.quiet)
+        position = {p: i for i, p in enumerate(paths)}
+        labels = [labels[position[p]] for p in kept] if labels is not None else None
+        _report_bad(bad)
+        ids, source = kept, {"images": str(args.images), "skipped": [{"path": p, "reason": r} for p, r in bad]}
+    else:
+        from .api import load_trainer
+        from .training.evaluate import embed_split
+
+        trainer = load_trainer(args.run_dir, args.checkpoint, args.device)
+        dataset = {"train": trainer.train_set, "val": trainer.val_set, "test": trainer.test_set}[args.split]
+        if dataset is None:
+            raise SystemExit(f"deepmetric embed: the run has no {args.split} split")
+        e = embed_split(trainer.method, dataset, trainer.eval_aug, trainer.device, trainer.cfg.data.eval_batch_size,
+                        progress=not args.quiet)  # fmt: skip
+        emb, labels = e.embeddings, e.labels.tolist()
+        table = trainer.table
+        ids = [table.paths[i] for i in e.indices] if table.paths else [int(i) for i in e.indices]
+        source = {"split": args.split, "indices": e.indices.tolist()}
+    out = args.out
+    if out.endswith(".parquet"):
+        _write_parquet(out, emb.numpy(), ids, labels)
+        print(f"wrote {out} ({emb.shape[0]} × {emb.shape[1]})")
+        return 0
+    out = out if out.endswith(".npy") else out + ".npy"
+    atomic_write_bytes(out, lambda f: np.save(f, emb.numpy()))
+    write_json(out[:-4] + ".json", {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint,
+                                    "shape": list(emb.shape), "ids": ids, "labels": labels, **source})  # fmt: skip
+    print(f"wrote {out} ({emb.shape[0]} × {emb.shape[1]}) and {out[:-4]}.json")
+    return 0
+
+
+def _report_bad(bad) -> None:
+    if bad:
+        print(f"deepmetric: skipped {len(bad)} unreadable image(s):", file=sys.stderr)
+        for path, reason in bad[:20]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        if len(bad) > 20:
+            print(f"  … and {len(bad) - 20} more", file=sys.stderr)
+
+
+def _write_parquet(out: str, emb, ids, labels) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise SystemExit("deepmetric embed: .parquet output needs pyarrow (pip install pyarrow), or use .npy") from e
+    columns = {"id": [str(i) for i in ids], "embedding": [row.tolist() for row in emb]}
+    if labels is not None:
+        columns["label"] = [str(v) for v in labels]
+    pq.write_table(pa.table(columns), out)
+
+
+def cmd_export(args) -> int:
+    import logging
+    import warnings
+
+    from .retrieval import load
+    from .retrieval.export import export
+
+    model = load(args.run_dir, args.checkpoint, "cpu")
+    out = args.out or str(Path(args.run_dir) / f"model.{'onnx' if args.format == 'onnx' else 'pt'}")
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape branches fixed by the load size
+        meta = export(model, out, args.format, tolerance=args.tolerance)
+    print(f"exported {out} ({args.format}); parity max |difference| = {meta['max_abs_difference']:.2e} "
+          f"≤ {args.tolerance:g}; metadata {out}.json")  # fmt: skip
+    return 0
+
+
+def cmd_index(args) -> int:
+    from .retrieval import EmbeddingIndex, list_images, load
+    from .retrieval.index import faiss_available
+
+    if args.action == "build":
+        if Path(args.out, "meta.json").exists():
+            raise SystemExit(f"deepmetric index build: {args.out} already holds an index; use `index add`")
+        model = load(args.run_dir, args.checkpoint, args.device)
+        kind = args.kind or ("flat" if faiss_available() else "torch")
+        index = EmbeddingIndex(kind, model.dim, model=model.source, nlist=args.nlist, nprobe=args.nprobe,
+                               hnsw_m=args.hnsw_m, ef_search=args.ef_search)  # fmt: skip
+        folder = args.out
+    else:
+        index = EmbeddingIndex.load(args.index_dir)
+        model = load(index.model["run_dir"], index.model.get("checkpoint", "best"), args.device)
+        index.check_model(model.source)
+        folder = args.index_dir
+    paths, labels = list_images(args.images)
+    emb, kept, bad = model.embed_paths(paths, progress=not args.quiet)
+    _report_bad(bad)
+    if labels is not None:
+        position = {p: i for i, p in enumerate(paths)}
+        labels = [labels[position[p]] for p in kept]
+        if len(index) and index.labels is None:
+            print("deepmetric: the index has no labels, so the new images' labels are not stored", file=sys.stderr)
+            labels = None
+    index.add(emb, kept, labels)
+    index.save(folder)
+    print(f"index {folder}: {len(index)} images ({index.kind}, {index.dim}-d)")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .retrieval import EmbeddingIndex, load
+
+    index = EmbeddingIndex.load(args.index_dir)
+    model = load(index.model["run_dir"], index.model.get("checkpoint", "best"), args.device)
+    index.check_model(model.source)
+    emb = model.embed(args.queries)
+    results = index.query(emb.numpy(), args.k)
+    if args.json:
+        print(json.dumps([{"query": q, "results": r} for q, r in zip(args.queries, results, strict=True)], indent=2))
+        return 0
+    for q, hits in zip(args.queries, results, strict=True):
+        print(q)
+        for rank, h in enumerate(hits, 1):
+            label = f"  [{h['label']}]" if "label" in h else ""
+            print(f"  {rank:3d}. {h['distance']:.4f}  {h['id']}{label}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .retrieval.serve import make_server
+
+    server = make_server(args.index_dir, args.host, args.port, args.max_upload_mb, args.device)
+    host, port = server.server_address[:2]
+    print(f"deepmetric: serving {args.index_dir} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -143,10 +268,51 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["val", "test"], default="test")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
-    em = _run_dir_command(sub, "embed", "embed a split of the run's dataset")
-    em.add_argument("--split", choices=["train", "val", "test"], default="test")
-    em.add_argument("--out", required=True, help="output .npy (a .json sidecar holds labels and ids)")
+    em = _run_dir_command(sub, "embed", "embed images (a folder or CSV) or a split of the run's dataset")
+    em.add_argument("--images", help="a folder (flat, or one sub-folder per class) or a CSV with path,label")
+    em.add_argument("--split", choices=["train", "val", "test"])
+    em.add_argument("--out", required=True, help="output .npy (+ .json sidecar with ids and labels) or .parquet")
     em.set_defaults(func=cmd_embed)
+    ex = _run_dir_command(sub, "export", "export the model to ONNX or TorchScript, with a parity check")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--out", help="output file (default RUN_DIR/model.onnx or model.pt)")
+    ex.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |difference| to PyTorch")
+    ex.set_defaults(func=cmd_export)
+    ix = sub.add_parser("index", help="build or extend a search index of images")
+    ix_sub = ix.add_subparsers(dest="action", required=True)
+    ib = ix_sub.add_parser("build", help="embed images with a run's model and index them")
+    ib.add_argument("run_dir")
+    ib.add_argument("--images", required=True, help="a folder or a CSV with path,label")
+    ib.add_argument("--out", required=True, help="index directory to create")
+    ib.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    ib.add_argument(
+        "--kind", choices=["flat", "ivf", "hnsw", "torch"], help="default flat (faiss), torch without faiss"
+    )
+    ib.add_argument("--nlist", type=int, help="ivf: number of cells (default 4·sqrt(N))")
+    ib.add_argument("--nprobe", type=int, default=16, help="ivf: cells searched per query")
+    ib.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
+    ib.add_argument("--ef-search", type=int, default=64, help="hnsw: search breadth")
+    ia = ix_sub.add_parser("add", help="embed more images into an existing index (same model)")
+    ia.add_argument("index_dir")
+    ia.add_argument("--images", required=True)
+    for p in (ib, ia):
+        p.add_argument("--device")
+        p.add_argument("--quiet", action="store_true")
+    ix.set_defaults(func=cmd_index)
+    se = sub.add_parser("search", help="nearest indexed images of query images")
+    se.add_argument("index_dir")
+    se.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--json", action="store_true")
+    se.add_argument("--device")
+    se.set_defaults(func=cmd_search)
+    sv = sub.add_parser("serve", help="a local web page to search an index with an image")
+    sv.add_argument("index_dir")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-upload-mb", type=float, default=10.0)
+    sv.add_argument("--device")
+    sv.set_defaults(func=cmd_serve)
     rp = _run_dir_command(sub, "report", "(re)write a run's report.html")
     rp.set_defaults(func=cmd_report)
     ds = sub.add_parser("datasets", help="list the datasets, or summarise and check one")
@@ -177,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"deepmetric: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # parity failures and other checked run-time conditions
+        from .retrieval.export import ParityError
+
+        if not isinstance(e, ParityError):
+            raise
+        print(f"deepmetric: {e}", file=sys.stderr)
+        return 1
     except ValueError as e:  # unknown names and bad values, with their closest valid names
         print(f"deepmetric: {e}", file=sys.stderr)
         return 2

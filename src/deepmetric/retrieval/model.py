@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from ..config import Config, load_config
 from ..data import BadImageError, BatchAugment, decode_image
-from ..data.images import image_to_tensor
 from ..data.augment import NORMALIZATIONS
+from ..data.images import image_to_tensor
 from ..models import Embedder, build_backbone
 from ..training.checkpoint import load_checkpoint
 
@@ -126,7 +126,7 @@ class EmbeddingModel:
             return decode_image(str(image), self.channels, self.load_size)
         if isinstance(image, Image.Image):
             return image_to_tensor(image, self.channels, self.load_size)
-        t = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image
+        t = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))
         if t.dim() == 2:
             t = t.unsqueeze(0)
         if t.dim() != 3:

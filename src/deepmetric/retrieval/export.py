@@ -1,0 +1,81 @@
+"""Export a run's test-time embedding to ONNX or TorchScript, with preprocessing metadata and a parity check.
+
+The exported graph takes decoded uint8 images at the run's load size (N × C × L × L) and contains the eval
+transform, the normalisation and the network, so it is self-contained; ``<file>.json`` beside it records how to
+decode images, the embedding size and the source checkpoint. After export the file is loaded back (onnxruntime for
+ONNX, ``torch.jit.load`` for TorchScript) and run on a batch; the export fails if its output differs from the
+PyTorch model's by more than ``tolerance`` (default 1e-4) anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..training.checkpoint import write_json
+from .model import EmbeddingModel
+
+FORMATS = ("onnx", "torchscript")
+
+
+class ParityError(RuntimeError):
+    """The exported model's output differs from the PyTorch model's beyond the tolerance."""
+
+
+def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float = 1e-4, batch: int = 8,
+           seed: int = 0) -> dict:  # fmt: skip
+    """Write the exported model to ``out`` and its metadata to ``out.json``; returns the metadata."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    module = model.exportable()
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, model.channels, model.load_size, model.load_size)
+    example = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+    with torch.no_grad():
+        reference = module(example).numpy()
+    if fmt == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.trace(module, (example[:2],), check_trace=False)
+        traced.save(str(out))
+        exported = torch.jit.load(str(out))
+        with torch.no_grad():
+            got = exported(example).numpy()
+    else:
+        try:
+            import onnxruntime
+        except ImportError as e:
+            raise ImportError(
+                "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'deepmetric[onnx]'"
+            ) from e
+        batch_dim = torch.export.Dim("batch", min=1)
+        torch.onnx.export(module, (example[:2],), str(out), input_names=["images"], output_names=["embedding"],
+                          dynamic_shapes={"images": {0: batch_dim}}, dynamo=True, verbose=False)  # fmt: skip
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": example.numpy()})[0]
+    max_diff = float(np.abs(got - reference).max())
+    if not max_diff <= tolerance:
+        out.unlink(missing_ok=True)  # never leave a file behind that does not match the model
+        raise ParityError(
+            f"exported {fmt} model differs from the PyTorch model by {max_diff:.3g} > {tolerance}; nothing written"
+        )
+    meta = {
+        "format": fmt,
+        "file": out.name,
+        "max_abs_difference": max_diff,
+        "tolerance": tolerance,
+        "parity_batch": batch,
+        "preprocessing": model.preprocessing(),
+        "source": model.source,
+        "class_names": model.meta.get("class_names", {}),
+    }
+    write_json(out.with_suffix(out.suffix + ".json"), meta)
+    return meta
+
+
+def load_exported_metadata(path: str | Path) -> dict:
+    return json.loads(Path(str(path) + ".json").read_text())
