@@ -11,10 +11,10 @@ semi-hard mining (pytorch-metric-learning) and Adam on the same batches; the rat
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
+from _report import command_line, emit  # benchmarks/_report.py
 
 from deepmetric.data import (
     AugmentConfig,
@@ -93,7 +93,7 @@ def main(argv=None):
 
     batch_size = args.classes_per_batch * args.samples_per_class
     lines = [
-        f"`{' '.join(['python', *sys.argv])}`",
+        command_line(),
         "",
         f"Fashion-MNIST, {len(table):,} images; batch {args.classes_per_batch} × {args.samples_per_class} "
         f"= {batch_size}; "
@@ -110,11 +110,7 @@ def main(argv=None):
         f"Loader + augmentation deliver batches {pipeline_rate / train_rate:,.0f}× faster than small_cnn "
         "consumes them.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write(text + "\n\n")
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ Runs are kept in ``--runs`` and reused, so an interrupted benchmark continues wh
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
 from pathlib import Path
+
+from _report import command_line, emit, mean_std  # benchmarks/_report.py
 
 import deepmetric
 
@@ -90,15 +90,11 @@ def main(argv=None):
             for seed in args.seeds:
                 run_dir = Path(args.runs) / args.protocol / f"{mode}_{loss}-seed{seed}"
                 results.append(run(preset, {**overrides, "train__seed": seed}, run_dir)["test"])
-            cells = []
-            for m in metrics:
-                values = [r[m] for r in results]
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.3f} ± {std:.3f}")
+            cells = [mean_std([r[m] for r in results]) for m in metrics]
             rows.append(f"| {loss} | {mode} | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
     lines = [
-        f"`{' '.join(['python', *sys.argv])}`",
+        command_line(),
         "",
         f"{args.protocol}, seeds {args.seeds}, test split",
         "",
@@ -106,11 +102,7 @@ def main(argv=None):
         "|---|---|" + "---:|" * len(metrics),
         *rows,
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write(text + "\n\n")
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
+from _report import command_line, emit  # benchmarks/_report.py
 from pytorch_metric_learning.miners import BatchEasyHardMiner
 
 from deepmetric.miners import EasyPositiveMiner
@@ -40,19 +40,15 @@ def main(argv=None):
             miner(x, y)
             times.append(time.perf_counter() - t0)
     o, p = statistics.median(t_ours) * 1e3, statistics.median(t_pml) * 1e3
-    text = "\n".join([
-        f"`{' '.join(['python', *sys.argv])}`", "",
+    emit([
+        command_line(), "",
         f"batch {args.batch} × {args.dim}-d, {args.samples_per_class} per class, {args.repeats} alternating calls, "
         f"{torch.get_num_threads()} torch threads; same pairs selected: {same}", "",
         "| miner | median ms / call |", "|---|---:|",
         f"| deepmetric EasyPositiveMiner('semihard') | {o:.2f} |",
         f"| PML BatchEasyHardMiner('easy', 'semihard') | {p:.2f} |", "",
         f"EasyPositiveMiner takes {o / p:.2f}× PML's time (target ≤ 1).",
-    ])  # fmt: skip
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write(text + "\n\n")
+    ], args.write)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import sys
 import threading
 import time
 
 import torch
 import torch.nn.functional as F
+from _report import command_line, emit  # benchmarks/_report.py
 
 from deepmetric.evaluation import DEFAULT_MEMORY_BUDGET, retrieval_metrics
 from deepmetric.evaluation.knn import plan_chunks
@@ -145,7 +145,7 @@ def main(argv=None):
 
     base = rows[0][1] if "matmul" in args.only else None
     lines = [
-        f"`{' '.join(['python', *sys.argv])}`",
+        command_line(),
         "",
         f"{args.n:,} × {args.dim}, {n_classes:,} classes of {args.min_size}–{args.max_size}, "
         f"k = {k}, {torch.get_num_threads()} torch threads, memory_budget = {args.budget / 2**30:.2f} GiB",
@@ -171,11 +171,7 @@ def main(argv=None):
             vals = [values[c][metric] for c in values]
             diff = max(abs(v - values[ref_name][metric]) for v in vals)
             lines.append(f"| {metric} | " + " | ".join(f"{v:.7f}" for v in vals) + f" | {diff:.1e} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write(text + "\n\n")
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
 import time
 from pathlib import Path
+
+from _report import command_line, emit, mean_std  # benchmarks/_report.py
 
 import deepmetric
 
@@ -56,15 +56,11 @@ def main(argv=None):
             raise SystemExit(f"no preset {preset}")
         t0 = time.perf_counter()
         results = [run_one(preset, s, Path(args.runs), args.set)["test"] for s in args.seeds]
-        cells = []
-        for m in METRICS:
-            values = [r[m] for r in results]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {std:.3f}")
+        cells = [mean_std([r[m] for r in results]) for m in METRICS]
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {(time.perf_counter() - t0) / len(args.seeds):.0f} |")
         print(rows[-1], flush=True)
     lines = [
-        f"`{' '.join(['python', *sys.argv])}`",
+        command_line(),
         "",
         f"Fashion-MNIST zero-shot (train classes 0–4, test on the unseen 5–9), seeds {args.seeds}, test split",
         "",
@@ -72,11 +68,7 @@ def main(argv=None):
         "|---|---:|---:|---:|---:|",
         *rows,
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write(text + "\n\n")
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

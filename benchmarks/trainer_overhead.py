@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
+from _report import command_line, emit  # benchmarks/_report.py
 
 from deepmetric.config import load_config
 from deepmetric.training import Trainer
@@ -74,7 +74,7 @@ def main(argv=None):
         loop_rates.append(time_hand_loop(args.steps))
     t, h = statistics.median(trainer_rates), statistics.median(loop_rates)
     lines = [
-        f"`{' '.join(['python', *sys.argv])}`",
+        command_line(),
         "",
         f"configs/demo.yaml model and loss, {args.steps} steps × {args.repeats} alternating repeats, "
         f"{torch.get_num_threads()} torch threads",
@@ -86,11 +86,7 @@ def main(argv=None):
         "",
         f"Trainer overhead: {100 * (h / t - 1):+.1f} % time per step (target ≤ 5 %).",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write(text + "\n\n")
+    emit(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,27 @@
+"""Shared by the benchmark scripts: the exact command line and printing / appending a markdown result."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+
+def command_line() -> str:
+    """The command that produced a result, as recorded beside it."""
+    return f"`{' '.join(['python', *sys.argv])}`"
+
+
+def emit(lines: list[str], write: str | None) -> str:
+    """Print the markdown ``lines`` and append them (and a blank line) to ``write`` when given."""
+    text = "\n".join(lines)
+    print(text)
+    if write:
+        with open(write, "a") as f:
+            f.write(text + "\n\n")
+    return text
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± sample std`` with three decimals (std 0 for a single value)."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {std:.3f}"
