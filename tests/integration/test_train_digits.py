@@ -140,3 +140,10 @@ def test_tensorboard_mirrors_the_log(digits_config, tmp_path):
     tags = events.Tags()["scalars"]
     assert "train/loss" in tags and "val/map@r" in tags and "test/recall@1" in tags
     assert events.Scalars("test/recall@1")[-1].value == pytest.approx(metrics["test"]["recall@1"], abs=1e-6)
+
+
+def test_quiet_training_prints_nothing(digits_config, tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("CI", "1")  # plain progress lines, which quiet must suppress too
+    deepmetric.train(digits_config, output=tmp_path / "q", quiet=True, train__epochs=1, report__enabled=False)
+    out, err = capfd.readouterr()
+    assert out == "" and "step" not in err

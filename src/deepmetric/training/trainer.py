@@ -78,29 +78,32 @@ def build_optimizer(cfg, groups):
 class Progress:
     """A tqdm bar on a terminal; plain log lines when there is none or ``CI`` is set."""
 
-    def __init__(self, total: int, initial: int):
+    def __init__(self, total: int, initial: int, enabled: bool = True):
+        self.enabled = enabled
         self.plain = bool(os.environ.get("CI")) or not sys.stderr.isatty()
         self.total = total
-        if not self.plain:
+        if enabled and not self.plain:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="training", unit="step", dynamic_ncols=True)
 
     def update(self, step: int, info: dict, n: int = 1) -> None:
-        if self.plain:
+        if self.plain or not self.enabled:
             return
         self.bar.update(n)
         if info:
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=False)
 
     def line(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self.plain:
             print(text, file=sys.stderr, flush=True)
         else:
             self.bar.write(text)
 
     def close(self) -> None:
-        if not self.plain:
+        if self.enabled and not self.plain:
             self.bar.close()
 
 
@@ -340,7 +343,7 @@ class Trainer:
         write_text(self.run_dir / "config.yaml", to_yaml(cfg))
         self._last_saved_step = self.step
         self.tensorboard = self._open_tensorboard()
-        self.progress = Progress(self.total_steps, self.step)
+        self.progress = Progress(self.total_steps, self.step, enabled=not self.quiet)
         stop = False
         t_last, step_last = time.perf_counter(), self.step
         try:
@@ -365,7 +368,7 @@ class Trainer:
                         self._log({"type": "train", "step": self.step, "epoch": self.epoch, **values,
                                    "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": rate})  # fmt: skip
                         self.progress.update(self.step, {**values, "it/s": rate}, 0)
-                        if self.progress.plain:
+                        if self.progress.plain and self.progress.enabled:
                             self.progress.line(f"step {self.step}/{self.total_steps} loss {values['loss']:.4f} "
                                                f"({rate:.1f} steps/s)")  # fmt: skip
                     self.progress.update(self.step, {}, 1)
