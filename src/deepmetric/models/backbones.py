@@ -201,7 +201,7 @@ def build_backbone(
         raise ValueError(f"unknown backbone {name!r}; valid: {list(BACKBONES)}; closest: {close}")
     if pretrained and not name.startswith("timm:") and weights is None:
         raise ValueError(f"backbone {name!r} has no hub weights; give weights=PATH to a local state-dict file")
-    if weights:
-        load_weights(trunk, weights)
+    if weights:  # a timm checkpoint holds the timm model's own keys, not the adapter's
+        load_weights(trunk.model if isinstance(trunk, TimmTrunk) else trunk, weights)
     shape = (in_channels, input_size, input_size) if input_size else None
     return Backbone(trunk, pooling=pooling, freeze_bn=freeze_bn, input_shape=shape)

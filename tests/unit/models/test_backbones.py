@@ -109,3 +109,30 @@ def test_flatten_pooling_keeps_the_spatial_layout():
     assert backbone(x).shape == (2, 16 * 7 * 7)
     with pytest.raises(ValueError, match="input shape"):
         build_backbone("small_cnn", pooling="flatten")
+
+
+def test_timm_weights_load_into_the_timm_model_itself(tmp_path, monkeypatch):
+    """A timm checkpoint has the timm model's keys; the adapter must not expect its own 'model.' prefix."""
+    import sys
+    import types
+
+    class FakeTimmModel(torch.nn.Module):
+        num_features = 6
+
+        def __init__(self, in_chans):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(in_chans, 6, 3)
+
+        def forward_features(self, x):
+            return self.conv(x)
+
+    fake = types.SimpleNamespace(
+        list_models=lambda pretrained=False: ["tiny"],
+        create_model=lambda name, pretrained, num_classes, global_pool, in_chans: FakeTimmModel(in_chans),
+    )
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    source = FakeTimmModel(3)
+    torch.save(source.state_dict(), tmp_path / "tiny.pth")  # keys: conv.weight, conv.bias
+    backbone = build_backbone("timm:tiny", weights=str(tmp_path / "tiny.pth"))
+    assert torch.equal(backbone.trunk.model.conv.weight, source.conv.weight)
+    assert backbone(torch.randn(2, 3, 8, 8)).shape == (2, 6)
