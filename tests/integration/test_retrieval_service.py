@@ -86,6 +86,14 @@ def test_embed_command_with_bad_images_and_labels(run, images, tmp_path, capsys)
         main(["embed", str(run), "--out", str(tmp_path / "x.npy")])
 
 
+def test_embed_to_parquet(run, images, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert main(["embed", str(run), "--images", str(images / "digit_2"), "--out", str(tmp_path / "e.parquet"),
+                 "--quiet"]) == 0  # fmt: skip
+    table = pq.read_table(tmp_path / "e.parquet").to_pydict()
+    assert len(table["id"]) == 30 and len(table["embedding"][0]) == 16 and "label" not in table  # a flat folder
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_with_parity(run, tmp_path, fmt, capsys):
     out = tmp_path / ("model.pt" if fmt == "torchscript" else "model.onnx")
