@@ -52,3 +52,17 @@ class Embedder(nn.Module):
             z = head(features)
             out[name] = F.normalize(z, dim=1) if self.normalize[name] else z
         return out
+
+
+def build_embedder(cfg, in_channels: int, *, load_pretrained: bool = True) -> Embedder:
+    """The run's model from its config (``model`` and ``augment.size`` sections); ``load_pretrained=False`` skips the
+    ImageNet / local backbone weights (when a checkpoint is about to overwrite them anyway)."""
+    from .backbones import build_backbone
+
+    m = cfg.model
+    backbone = build_backbone(
+        m.backbone, in_channels=in_channels, pooling=m.pooling, freeze_bn=m.freeze_bn,
+        pretrained=m.pretrained and load_pretrained, weights=m.weights if load_pretrained else None,
+        width=m.width, blocks=tuple(m.blocks), input_size=cfg.augment.size,
+    )  # fmt: skip
+    return Embedder(backbone, {"embedding": m.embedding_dim}, normalize=m.normalize)

@@ -25,7 +25,7 @@ from ..config import Config, load_config
 from ..data import BadImageError, BatchAugment, decode_image
 from ..data.augment import NORMALIZATIONS
 from ..data.images import image_to_tensor
-from ..models import Embedder, build_backbone
+from ..models import build_embedder
 from ..training.checkpoint import load_checkpoint
 
 
@@ -106,12 +106,7 @@ class EmbeddingModel:
             raise ValueError(f"{path} predates inference metadata; re-save it with this version of deepmetric")
         meta = state["meta"]
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        backbone = build_backbone(
-            cfg.model.backbone, in_channels=meta["in_channels"], pooling=cfg.model.pooling,
-            freeze_bn=cfg.model.freeze_bn, width=cfg.model.width, blocks=tuple(cfg.model.blocks),
-            input_size=cfg.augment.size,
-        )  # fmt: skip
-        model = Embedder(backbone, {"embedding": cfg.model.embedding_dim}, normalize=cfg.model.normalize)
+        model = build_embedder(cfg, meta["in_channels"], load_pretrained=False)
         method = registry.build(cfg, model, meta["num_classes"])
         method.load_state_dict(state["method"])
         source = {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint, "checkpoint_sha256": file_sha256(path)}

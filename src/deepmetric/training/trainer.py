@@ -28,7 +28,7 @@ from ..data import (
     load_dataset,
     make_splits,
 )
-from ..models import Embedder, build_backbone
+from ..models import Embedder, build_embedder
 from .checkpoint import (
     load_checkpoint,
     rng_state,
@@ -122,12 +122,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self._setup_data()
         torch.manual_seed(cfg.train.seed)  # initialisation independent of what data loading drew
-        backbone = build_backbone(
-            cfg.model.backbone, in_channels=self.train_set.channels, pooling=cfg.model.pooling,
-            freeze_bn=cfg.model.freeze_bn, pretrained=cfg.model.pretrained, weights=cfg.model.weights,
-            width=cfg.model.width, blocks=tuple(cfg.model.blocks), input_size=cfg.augment.size,
-        )  # fmt: skip
-        model = Embedder(backbone, {"embedding": cfg.model.embedding_dim}, normalize=cfg.model.normalize)
+        model = build_embedder(cfg, self.train_set.channels)
         self.method = build_method(cfg, model, self.num_classes).to(self.device)
         groups = self.method.param_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult)
         self.optimizer = build_optimizer(cfg.optim, groups)
