@@ -147,3 +147,10 @@ def test_quiet_training_prints_nothing(digits_config, tmp_path, capfd, monkeypat
     deepmetric.train(digits_config, output=tmp_path / "q", quiet=True, train__epochs=1, report__enabled=False)
     out, err = capfd.readouterr()
     assert out == "" and "step" not in err
+
+
+def test_evaluating_a_missing_validation_split_is_a_clear_error(digits_config, tmp_path, capsys):
+    run_dir, _ = deepmetric.train(digits_config, output=tmp_path / "noval", quiet=True, protocol__val_by="none",
+                                  train__epochs=1, report__enabled=False)  # fmt: skip
+    assert main(["evaluate", str(run_dir), "--split", "val", "--quiet"]) == 2
+    assert "has no val split" in capsys.readouterr().err

@@ -256,6 +256,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
         dataset = {"val": self.val_set, "test": self.test_set}[split]
+        if dataset is None:
+            raise ValueError(f"this run has no {split} split (protocol.val_by={self.cfg.protocol.val_by!r})")
         emb = embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size,
                           self.cfg.data.workers, progress)  # fmt: skip
         masks = {}
@@ -398,8 +400,10 @@ class Trainer:
             self.method.load_state_dict(load_checkpoint(best)["method"])
             selected = {"split": self.cfg.train.select_split, "step": self.best_step,
                         "metric": self._select_key(self.best_val_metrics), "value": self.best_value}  # fmt: skip
-        else:
+        else:  # no validation: the final weights are the selected ones, and best.pt says so
             selected = {"split": None, "step": self.step, "metric": None, "value": None}
+            save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": None, "value": None,
+                             "meta": self.inference_meta()}, best)  # fmt: skip
         test = self.evaluate("test", progress=not self.quiet)
         self._log({"type": "eval", "split": "test", "step": self.step, **test})
         metrics = {"val": self.best_val_metrics, "test": test, "selected": selected, "steps": self.step,
