@@ -43,14 +43,14 @@ def _pml_classes(kind: str) -> dict[str, type]:
 
 def available(kind: str) -> list[str]:
     """Every valid name of ``kind`` (``loss`` or ``miner``), canonical form."""
-    from . import miners  # noqa: F401
+    from . import losses, miners  # noqa: F401
 
     own = OWN_LOSSES if kind == "loss" else OWN_MINERS
     return sorted(set(own) | set(_pml_classes(kind)))
 
 
 def resolve(kind: str, name: str) -> type:
-    from . import miners  # noqa: F401  (registers deepmetric's own miners)
+    from . import losses, miners  # noqa: F401  (register deepmetric's own losses and miners)
 
     own = OWN_LOSSES if kind == "loss" else OWN_MINERS
     key = _canonical(name, kind)
