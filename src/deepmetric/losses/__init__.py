@@ -1,9 +1,19 @@
 """deepmetric's own losses (PML call contract: ``loss(embeddings, labels, indices_tuple=None)``)."""
 
 from ..registry import OWN_LOSSES
+from .dance import DaNCELoss, dance_weights
+from .decorrelation import AdversarialDecorrelation, coactivation
 from .gradient_reversal import GradientReversal, reverse_gradient
 from .margin import DivaMarginLoss
 
 OWN_LOSSES["divamargin"] = DivaMarginLoss
 
-__all__ = ["DivaMarginLoss", "GradientReversal", "reverse_gradient"]
+__all__ = [
+    "AdversarialDecorrelation",
+    "DaNCELoss",
+    "DivaMarginLoss",
+    "GradientReversal",
+    "coactivation",
+    "dance_weights",
+    "reverse_gradient",
+]
