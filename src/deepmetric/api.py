@@ -25,8 +25,8 @@ def train(
     """
     from .training import Trainer
 
-    dotted = [f"{k.replace('__', '.')}={v!r}" if isinstance(v, str) and " " in v else f"{k.replace('__', '.')}={v}"
-              for k, v in overrides.items()]  # fmt: skip
+    # values are parsed as YAML, as on the command line: "{a: 1}", "[0, 1]", "null", 0.5, True …
+    dotted = [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
     if resume is not None:
         run_dir = Path(resume)
         cfg = load_config(run_dir / "config.yaml", dotted)

@@ -25,7 +25,28 @@ def _standard(cfg, model, num_classes):
     return StandardMethod(model, loss, miner, cfg.loss.lr_mult, cfg.loss.weight_decay)
 
 
-METHODS = {"standard": _standard}
+def _diva(cfg, model, num_classes):
+    from .diva import DivaMethod
+
+    options = dict(cfg.method.options)
+    if "decorrelation" in options:
+        options["decorrelation"] = [tuple(p) for p in options["decorrelation"]]
+    try:
+        return DivaMethod(model, num_classes, **options)
+    except TypeError as e:
+        raise ValueError(f"method.options for diva: {e}") from None
+
+
+METHODS = {"standard": _standard, "diva": _diva}
+
+
+def heads(cfg) -> dict[str, int]:
+    """The embedding heads the method trains: one for ``standard``, DiVA's four (each model.embedding_dim)."""
+    if cfg.method.name == "diva":
+        from .diva import HEADS
+
+        return dict.fromkeys(HEADS, cfg.model.embedding_dim)
+    return {"embedding": cfg.model.embedding_dim}
 
 
 def build(cfg, model, num_classes):

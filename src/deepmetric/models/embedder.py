@@ -54,7 +54,9 @@ class Embedder(nn.Module):
         return out
 
 
-def build_embedder(cfg, in_channels: int, *, load_pretrained: bool = True) -> Embedder:
+def build_embedder(
+    cfg, in_channels: int, *, heads: dict[str, int] | None = None, load_pretrained: bool = True
+) -> Embedder:
     """The run's model from its config (``model`` and ``augment.size`` sections); ``load_pretrained=False`` skips the
     ImageNet / local backbone weights (when a checkpoint is about to overwrite them anyway)."""
     from .backbones import build_backbone
@@ -65,4 +67,4 @@ def build_embedder(cfg, in_channels: int, *, load_pretrained: bool = True) -> Em
         pretrained=m.pretrained and load_pretrained, weights=m.weights if load_pretrained else None,
         width=m.width, blocks=tuple(m.blocks), input_size=cfg.augment.size,
     )  # fmt: skip
-    return Embedder(backbone, {"embedding": m.embedding_dim}, normalize=m.normalize)
+    return Embedder(backbone, heads or {"embedding": m.embedding_dim}, normalize=m.normalize)

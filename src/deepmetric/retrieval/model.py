@@ -106,7 +106,7 @@ class EmbeddingModel:
             raise ValueError(f"{path} predates inference metadata; re-save it with this version of deepmetric")
         meta = state["meta"]
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = build_embedder(cfg, meta["in_channels"], load_pretrained=False)
+        model = build_embedder(cfg, meta["in_channels"], heads=registry.heads(cfg), load_pretrained=False)
         method = registry.build(cfg, model, meta["num_classes"])
         method.load_state_dict(state["method"])
         source = {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint, "checkpoint_sha256": file_sha256(path)}

@@ -32,7 +32,8 @@ def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, ba
     was_training = method.training
     method.eval()
     batches = [list(range(s, min(s + batch_size, len(dataset)))) for s in range(0, len(dataset), batch_size)]
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch, num_workers=workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch, num_workers=workers,
+                                         generator=torch.Generator())  # leaves the global RNG untouched  # fmt: skip
     chunks, labels, coarse, indices = [], [], [], []
     for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress or None, leave=False):
         images = augment(batch["image"].to(device, non_blocking=True))

@@ -122,7 +122,9 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self._setup_data()
         torch.manual_seed(cfg.train.seed)  # initialisation independent of what data loading drew
-        model = build_embedder(cfg, self.train_set.channels)
+        from ..methods.registry import heads
+
+        model = build_embedder(cfg, self.train_set.channels, heads=heads(cfg))
         self.method = build_method(cfg, model, self.num_classes).to(self.device)
         groups = self.method.param_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult)
         self.optimizer = build_optimizer(cfg.optim, groups)
@@ -160,9 +162,11 @@ class Trainer:
             self.train_set.labels, cfg.data.classes_per_batch, cfg.data.samples_per_class, seed=cfg.train.seed,
             small_classes=cfg.data.small_classes,
         )  # fmt: skip
+        # a private generator: creating an iterator must not draw from the global RNG (methods draw from it, and a
+        # resumed run creates one more iterator than an uninterrupted one)
         self.loader = torch.utils.data.DataLoader(
             self.train_set, batch_sampler=self.sampler, collate_fn=collate_batch, num_workers=cfg.data.workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(cfg.train.seed),
         )  # fmt: skip
         self.train_aug = BatchAugment(cfg.augment, train=True).to(self.device)
         self.eval_aug = BatchAugment(cfg.augment, train=False).to(self.device)
@@ -396,7 +400,7 @@ class Trainer:
     def finish(self) -> dict:
         """Test evaluation with the best checkpoint (or the last weights without validation), metrics.json, report."""
         best = self.ckpt_dir / "best.pt"
-        if best.is_file():
+        if self.best_value is not None:  # a validation selected a checkpoint
             self.method.load_state_dict(load_checkpoint(best)["method"])
             selected = {"split": self.cfg.train.select_split, "step": self.best_step,
                         "metric": self._select_key(self.best_val_metrics), "value": self.best_value}  # fmt: skip
