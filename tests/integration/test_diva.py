@@ -26,6 +26,8 @@ def test_diva_trains_and_reports_every_loss_part(digits_config, tmp_path):
     for part in ("discriminative", "shared", "intra", "dance", "decorrelation"):
         assert f'"{part}"' in log
     assert metrics["test"]["recall@1"] > 0.4  # 5 unseen digits: chance is about 0.2
+    for head in ("discriminative", "selfsimilarity", "shared", "intra"):  # each head alone, beside the combination
+        assert 0 < metrics["test"][f"{head}/map@r"] <= 1
     model = deepmetric.load(run_dir)
     emb = model.embed(torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8))
     assert emb.shape == (3, 64) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)

@@ -138,7 +138,9 @@ class DivaMethod(Method):
     def embed_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {h: F.normalize(e.float(), dim=1) for h, e in self.model(images).items()}
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def combine(self, heads: dict[str, torch.Tensor]) -> torch.Tensor:
         """normalize(concat(w_h · f_h)) over the four L2-normalised heads."""
-        heads = self.embed_heads(images)
         return F.normalize(torch.cat([self.test_weights[h] * heads[h] for h in HEADS], dim=1), dim=1)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.combine(self.embed_heads(images))

@@ -21,6 +21,7 @@ class Embedded:
     labels: np.ndarray  # fine labels
     coarse_labels: np.ndarray  # −1 where undefined
     indices: np.ndarray  # table indices
+    heads: dict[str, torch.Tensor] | None = None  # per-head embeddings of multi-head methods (DiVA)
 
 
 @torch.no_grad()
@@ -35,16 +36,24 @@ def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, ba
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch, num_workers=workers,
                                          generator=torch.Generator())  # leaves the global RNG untouched  # fmt: skip
     chunks, labels, coarse, indices = [], [], [], []
+    per_head: dict[str, list] = {}
     for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress or None, leave=False):
         images = augment(batch["image"].to(device, non_blocking=True))
-        chunks.append(method.embed(images).float().cpu())
+        if hasattr(method, "embed_heads"):  # one forward gives every head and their combination
+            heads = method.embed_heads(images)
+            for name, e in heads.items():
+                per_head.setdefault(name, []).append(e.float().cpu())
+            chunks.append(method.combine(heads).float().cpu())
+        else:
+            chunks.append(method.embed(images).float().cpu())
         labels.append(batch["label"].numpy())
         coarse.append(batch["coarse_label"].numpy())
         indices.append(batch["index"].numpy())
     method.train(was_training)
     if not chunks:
         raise ValueError("cannot evaluate an empty split")
-    return Embedded(torch.cat(chunks), np.concatenate(labels), np.concatenate(coarse), np.concatenate(indices))
+    heads = {name: torch.cat(parts) for name, parts in per_head.items()} or None
+    return Embedded(torch.cat(chunks), np.concatenate(labels), np.concatenate(coarse), np.concatenate(indices), heads)
 
 
 def score(emb: Embedded, cfg: EvalConfig, *, query_mask=None, gallery_mask=None, superclass: bool = False,
@@ -65,6 +74,9 @@ def score(emb: Embedded, cfg: EvalConfig, *, query_mask=None, gallery_mask=None,
         if cfg.clustering and len(np.unique(labels)) > 1:
             m.update(clustering_metrics(emb.embeddings, labels, seed=seed))
         out.update({prefix + k: v for k, v in m.items()})
+    for head, e in (emb.heads or {}).items():  # each head alone (DiVA), beside the combination
+        m = retrieval_metrics(e, emb.labels, ks=(1,), metrics=("map@r",), memory_budget=cfg.memory_budget)
+        out[f"{head}/recall@1"], out[f"{head}/map@r"] = m["recall@1"], m["map@r"]
     coarse = emb.coarse_labels if (emb.coarse_labels >= 0).all() else None
     out.update(collapse_diagnostics(emb.embeddings, emb.labels, coarse))  # class-collapse diagnostics (EPS)
     return out
