@@ -9,7 +9,6 @@ PyTorch model's by more than ``tolerance`` (default 1e-4) anywhere.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +74,3 @@ def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float
     }
     write_json(out.with_suffix(out.suffix + ".json"), meta)
     return meta
-
-
-def load_exported_metadata(path: str | Path) -> dict:
-    return json.loads(Path(str(path) + ".json").read_text())

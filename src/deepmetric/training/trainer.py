@@ -81,13 +81,12 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool = True):
         self.enabled = enabled
         self.plain = bool(os.environ.get("CI")) or not sys.stderr.isatty()
-        self.total = total
         if enabled and not self.plain:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="training", unit="step", dynamic_ncols=True)
 
-    def update(self, step: int, info: dict, n: int = 1) -> None:
+    def update(self, info: dict, n: int = 1) -> None:
         if self.plain or not self.enabled:
             return
         self.bar.update(n)
@@ -138,7 +137,6 @@ class Trainer:
         self.best_val_metrics: dict = {}
         self.history: list[dict] = []
         self.bad_images: list[str] = []
-        self.resumed_from = None
         self.tensorboard = None
         if resume:
             self._resume()
@@ -231,7 +229,6 @@ class Trainer:
                     "best_val_metrics", "history", "bad_images"):  # fmt: skip
             setattr(self, key, state[key])
         set_rng_state(state["rng"])
-        self.resumed_from = self.step
         self._truncate_log(self.step)
         self._say(f"resumed from step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
@@ -368,11 +365,11 @@ class Trainer:
                         t_last, step_last = now, self.step
                         self._log({"type": "train", "step": self.step, "epoch": self.epoch, **values,
                                    "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": rate})  # fmt: skip
-                        self.progress.update(self.step, {**values, "it/s": rate}, 0)
+                        self.progress.update({**values, "it/s": rate}, 0)
                         if self.progress.plain and self.progress.enabled:
                             self.progress.line(f"step {self.step}/{self.total_steps} loss {values['loss']:.4f} "
                                                f"({rate:.1f} steps/s)")  # fmt: skip
-                    self.progress.update(self.step, {}, 1)
+                    self.progress.update({}, 1)
                     end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch
                     eval_due = (cfg.train.eval_every_steps and self.step % cfg.train.eval_every_steps == 0) or (
                         not cfg.train.eval_every_steps and end_of_epoch
