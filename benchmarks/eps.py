@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _report import command_line, emit, mean_std  # benchmarks/_report.py
-
-import deepmetric
+from _glyphs import GLYPH_DATA  # benchmarks/_glyphs.py
+from _report import command_line, emit, mean_std, train_once  # benchmarks/_report.py
 
 LOSSES = ("triplet", "margin", "contrastive", "multi_similarity")
 DIGITS = {  # digits: 8 × 8 images, parity as the coarse label, a 50 / 50 stratified image split
@@ -30,15 +29,13 @@ PROTOCOLS = {
     "digits_parity": (DIGITS, ("fine/nmi", "fine/recall@1", "coarse/recall@1", "spread_ratio")),
     "glyphs_base_letter": (
         {
-            "data__name": "csv",
+            **GLYPH_DATA,
             "data__options": "{coarse_column: base_letter}",
             "data__classes_per_batch": 16,
             "data__samples_per_class": 8,
-            "augment__flip": False,
-            "augment__size": 32,
             "model__backbone": "small_resnet",
             "protocol__test_fraction": 0.5,
-            "train__epochs": 2,
+            "train__epochs": 1,
         },
         ("fine/nmi", "fine/recall@1", "coarse/recall@1", "spread_ratio"),
     ),
@@ -52,15 +49,6 @@ PROTOCOLS = {
         ("recall@1", "map@r"),
     ),
 }
-
-
-def run(preset: Path, overrides: dict, run_dir: Path) -> dict:
-    import json
-
-    if (run_dir / "metrics.json").is_file():
-        return json.loads((run_dir / "metrics.json").read_text())
-    resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
-    return deepmetric.train(None if resume else preset, output=run_dir, resume=resume, quiet=True, **overrides)[1]
 
 
 def main(argv=None):
@@ -78,7 +66,7 @@ def main(argv=None):
     if args.protocol == "glyphs_base_letter":
         if not args.glyphs:
             raise SystemExit("--glyphs ROOT is required (build it with ../shared/benchmarks/glyphs)")
-        overrides["data__root"] = args.glyphs
+        overrides["data__root"] = str(Path(args.glyphs).expanduser() / "index.csv")
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key.replace(".", "__")] = value
@@ -89,7 +77,7 @@ def main(argv=None):
             results = []
             for seed in args.seeds:
                 run_dir = Path(args.runs) / args.protocol / f"{mode}_{loss}-seed{seed}"
-                results.append(run(preset, {**overrides, "train__seed": seed}, run_dir)["test"])
+                results.append(train_once(preset, {**overrides, "train__seed": seed}, run_dir)["test"])
             cells = [mean_std([r[m] for r in results]) for m in metrics]
             rows.append(f"| {loss} | {mode} | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)

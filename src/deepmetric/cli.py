@@ -59,7 +59,21 @@ def cmd_train(args) -> int:
     run_dir, metrics = train(args.config, output=args.output, resume=args.resume, quiet=args.quiet, **overrides)
     _print_metrics("test", metrics["test"])
     print(f"run directory: {run_dir}")
-    print(f"report: {run_dir / 'report.html'}")
+    if (run_dir / "report.html").is_file():
+        print(f"report: {run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_mlrc(args) -> int:
+    from .training.mlrc import markdown, run_mlrc
+
+    for item in args.overrides:
+        if "=" not in item:
+            raise SystemExit(f"deepmetric mlrc: overrides are KEY=VALUE, got {item!r}")
+    summary = run_mlrc(args.config, args.output, list(args.overrides), folds=args.folds, only=args.only,
+                       quiet=args.quiet)  # fmt: skip
+    print(markdown(summary, Path(args.config).stem))
+    print(f"written: {Path(args.output) / 'mlrc.json'}, {Path(args.output) / 'mlrc.md'}")
     return 0
 
 
@@ -264,6 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     tr.add_argument("--quiet", action="store_true")
     tr.set_defaults(func=cmd_train)
+    ml = sub.add_parser(
+        "mlrc",
+        help="the MLRC protocol: k class-disjoint folds, mean and concatenated-ensemble test metrics",
+        description=(
+            "Train CONFIG once per class-disjoint fold of the training classes (validation on the held-out fold), "
+            "then report precision@1, r_precision and map@r on the test split as the mean over the fold models and "
+            "for their concatenated embedding. Writes OUTPUT/fold{k}/, OUTPUT/mlrc.json and OUTPUT/mlrc.md; rerunning "
+            "reuses finished folds and resumes interrupted ones."
+        ),
+    )
+    ml.add_argument("config")
+    ml.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    ml.add_argument("--output", required=True, help="directory for the fold runs and the summary")
+    ml.add_argument("--folds", type=int, default=4)
+    ml.add_argument("--only", type=int, nargs="+", metavar="K", help="train only these folds (aggregate those)")
+    ml.add_argument("--quiet", action="store_true")
+    ml.set_defaults(func=cmd_mlrc)
     ev = _run_dir_command(sub, "evaluate", "evaluate a run's checkpoint on a split")
     ev.add_argument("--split", choices=["val", "test"], default="test")
     ev.add_argument("--json", action="store_true")

@@ -74,10 +74,12 @@ class MethodConfig:
 class OptimConfig:
     name: str = "adam"  # adam | adamw | sgd | rmsprop
     lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam / adamw
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd / rmsprop
     head_lr_mult: float = 1.0  # embedding heads relative to the backbone
     grad_clip_norm: float | None = None
+    grad_clip_value: float | None = None  # after the norm clip (CCP's official code clips both at 10)
 
 
 @dataclass
@@ -114,6 +116,7 @@ class EvalConfig:
     backend: str = "torch"
     memory_budget: int = 1 << 30
     average: str = "micro"
+    normalize: bool = True  # L2-normalise before ranking; false: raw Euclidean (CCP's v / max(1, ‖v‖))
 
 
 @dataclass
@@ -242,6 +245,8 @@ def validate(cfg: Config) -> None:
     for key in POSITIVE:
         if get(cfg, key) < 1:
             raise ConfigError(f"{key}={get(cfg, key)!r} must be ≥ 1")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas={cfg.optim.betas!r} must be two numbers in [0, 1)")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr!r} must be > 0")
     if cfg.train.epochs < 1 and not cfg.train.max_steps:

@@ -2,8 +2,9 @@
 
 A method owns the model and its losses. The trainer calls ``training_step`` with a batch whose ``views`` are the
 augmented images (``num_views`` of them) and whose ``label`` are contiguous training labels 0..C−1, optimises the
-groups of ``param_groups``, calls ``on_step_end`` after each optimizer step and ``on_validation_end`` after each
-validation, and evaluates with ``embed``. ``state_dict`` must carry everything needed to resume exactly.
+groups of ``param_groups``, calls ``on_train_start`` before training, ``on_step_end`` after each optimizer step and
+``on_validation_end`` after each validation, and evaluates with ``embed``. ``state_dict`` must carry everything needed
+to resume exactly.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class Method(nn.Module):
         groups = [g for g in groups if g["params"]]
         check_param_groups(self, groups)
         return groups
+
+    def on_train_start(self, trainer) -> None:
+        """Before the first step of ``fit`` (also after a resume: check your own state), e.g. CCP's first proxies."""
 
     def on_step_end(self, step: int) -> None:
         """After every optimizer step (EMA updates, queues)."""

@@ -37,7 +37,19 @@ def _diva(cfg, model, num_classes):
         raise ValueError(f"method.options for diva: {e}") from None
 
 
-METHODS = {"standard": _standard, "diva": _diva}
+def _ccp(cfg, model, num_classes):
+    from .ccp import CCPMethod
+
+    if cfg.miner.name not in (None, "", "none"):
+        raise ValueError(f"method 'ccp' uses every (sample, proxy) pair; remove miner.name={cfg.miner.name!r}")
+    loss = build_loss(cfg.loss.name, cfg.loss.params, num_classes=num_classes, embedding_size=model.dims["embedding"])
+    try:
+        return CCPMethod(model, num_classes, loss, seed=cfg.train.seed, **cfg.method.options)
+    except TypeError as e:
+        raise ValueError(f"method.options for ccp: {e}") from None
+
+
+METHODS = {"standard": _standard, "diva": _diva, "ccp": _ccp}
 
 
 def heads(cfg) -> dict[str, int]:

@@ -65,7 +65,8 @@ def score(emb: Embedded, cfg: EvalConfig, *, query_mask=None, gallery_mask=None,
         targets = {"fine/": emb.labels, "coarse/": emb.coarse_labels}
     out: dict[str, float] = {}
     for prefix, labels in targets.items():
-        kwargs = dict(ks=tuple(cfg.ks), average=cfg.average, backend=cfg.backend, memory_budget=cfg.memory_budget)
+        kwargs = dict(ks=tuple(cfg.ks), average=cfg.average, backend=cfg.backend, memory_budget=cfg.memory_budget,
+                      normalize=cfg.normalize)  # fmt: skip
         if query_mask is not None:
             m = retrieval_metrics(emb.embeddings[query_mask], labels[query_mask], emb.embeddings[gallery_mask],
                                   labels[gallery_mask], **kwargs)  # fmt: skip

@@ -67,9 +67,9 @@ def build_method(cfg: Config, model: Embedder, num_classes: int):
 def build_optimizer(cfg, groups):
     name = cfg.name
     if name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -247,6 +247,19 @@ class Trainer:
                 kept.append(line)
         write_text(log, "".join(line + "\n" for line in kept))
 
+    def record(self, record: dict, text: str | None = None) -> None:
+        """A method's event (e.g. a CCP stage change): into log.jsonl, and a progress line."""
+        self._log({"epoch": self.epoch, **record})
+        if text:
+            progress = getattr(self, "progress", None)
+            progress.line(text) if progress is not None else self._say(text)
+
+    def progress_iter(self, iterable, description: str):
+        """``iterable`` with a progress bar unless quiet (for a method's long side work, e.g. embedding a pool)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=description, unit="batch", leave=False, disable=self.quiet or None)
+
     def _say(self, text: str) -> None:
         if not self.quiet:
             print(f"deepmetric: {text}", file=sys.stderr, flush=True)
@@ -256,11 +269,18 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
+        return self.score(split, self.embed(split, progress))
+
+    def embed(self, split: str, progress: bool = False):
+        """The method's test-time embeddings of ``split`` (``val`` or ``test``), in order."""
         dataset = {"val": self.val_set, "test": self.test_set}[split]
         if dataset is None:
             raise ValueError(f"this run has no {split} split (protocol.val_by={self.cfg.protocol.val_by!r})")
-        emb = embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size,
-                          self.cfg.data.workers, progress)  # fmt: skip
+        return embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size,
+                           self.cfg.data.workers, progress)  # fmt: skip
+
+    def score(self, split: str, emb) -> dict[str, float]:
+        """Metrics of embeddings of ``split`` (query / gallery masks where the protocol has them)."""
         masks = {}
         if split == "test" and self.splits.test_query is not None:
             pos = {int(i): p for p, i in enumerate(emb.indices)}
@@ -319,9 +339,13 @@ class Trainer:
             self._nonfinite(parts)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.cfg.optim.grad_clip_norm:
+        clip_norm, clip_value = self.cfg.optim.grad_clip_norm, self.cfg.optim.grad_clip_value
+        if clip_norm or clip_value:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.optim.grad_clip_norm)
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip_norm)
+            if clip_value:
+                torch.nn.utils.clip_grad_value_(self.method.parameters(), clip_value)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return parts
@@ -342,6 +366,7 @@ class Trainer:
         self._last_saved_step = self.step
         self.tensorboard = self._open_tensorboard()
         self.progress = Progress(self.total_steps, self.step, enabled=not self.quiet)
+        self.method.on_train_start(self)
         stop = False
         t_last, step_last = time.perf_counter(), self.step
         try:

@@ -1,0 +1,211 @@
+"""CCP: chance-constrained multi-proxy DML (Gürbüz, Can, Alatan, WACV 2024; ccp.md §2).
+
+Training runs in stages. A stage minimises (ccp.md §2.2)
+
+    L(θ, P) = w_batch · ℓ(v̂_B, v̂_B) + w_proxy · ℓ(v̂_B, P̂) + λ/2 · ‖θ − θ̄‖²
+
+with ℓ any pair loss used in proxy form (samples are anchors, all C·K proxies the reference set, the K proxies of a
+sample's class its positives), v̂ = v / max(1, ‖v‖) (or plain L2 normalisation), θ the network's weights (proxies
+excluded) and θ̄ the previous stage's best weights (λ = 0 in the first stage). After ``stage_patience`` validations
+without improvement of the stage metric (``map@r``) a *projection* starts the next stage: θ̄ ← θ_best, and the
+proxies are re-initialised to embeddings of real training images chosen by per-class greedy k-center over a pool of
+``pool_size`` random images per class (training augmentation, model in eval mode, raw embeddings), seeded with the
+stage's best proxies so the new ones land far from them (§2.4). The run itself ends by the trainer's early stopping
+(``train.early_stopping_patience``, 60 in the paper) and restores the best weights.
+
+Quirks of the official code (§2.7) are switches: ``restore_best_on_projection`` (False, as the code: training goes
+on from the current weights), ``reset_proxy_optimizer_state`` (False, as the code), ``proxy_weight_decay`` (True, as
+the code), ``proxy_lr_mult`` (1, as the code), ``lagged_stage_metric`` (False: the code's one-evaluation lag is a bug
+and off by default). The stage state, θ̄, θ_best and the best proxies are buffers, so resuming mid-stage is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data import collate_batch
+from ..models import Embedder
+from .base import Method
+from .ccp_components import ProximalTerm, ProxyBank, kcenter_per_class, lipschitz_normalize
+
+NORMALIZATIONS = {"lipschitz": lipschitz_normalize, "l2": lambda v: F.normalize(v, dim=-1)}
+
+
+def pool_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int) -> np.ndarray:
+    """C × ``per_class`` dataset positions: per class a random draw without replacement, reshuffled and continued
+    when the class has fewer images (ccp.md §2.4, step 1)."""
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(num_classes + 1))
+    out = np.empty((num_classes, per_class), dtype=np.int64)
+    for c in range(num_classes):
+        members = order[starts[c] : starts[c + 1]]
+        if len(members) == 0:
+            raise ValueError(f"training class {c} has no images; the candidate pool needs every class")
+        rounds = math.ceil(per_class / len(members))
+        out[c] = np.concatenate([rng.permutation(members) for _ in range(rounds)])[:per_class]
+    return out
+
+
+class CCPMethod(Method):
+    def __init__(
+        self,
+        model: Embedder,
+        num_classes: int,
+        loss: nn.Module,
+        *,
+        proxies_per_class: int = 8,
+        pool_size: int = 12,
+        lam: float = 2e-4,
+        batch_weight: float = 0.1,
+        proxy_weight: float = 1.0,
+        stage_patience: int = 3,
+        min_improvement: float = 1e-5,
+        normalization: str = "lipschitz",
+        stage_metric: str | None = None,
+        restore_best_on_projection: bool = False,
+        reset_proxy_optimizer_state: bool = False,
+        proxy_weight_decay: bool = True,
+        proxy_lr_mult: float = 1.0,
+        lagged_stage_metric: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__(model)
+        if len(model.heads) != 1:
+            raise ValueError(f"CCP uses one embedding head, the model has {list(model.heads)}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+        if proxies_per_class < 1 or pool_size < 1 or stage_patience < 1:
+            raise ValueError("proxies_per_class, pool_size and stage_patience must be ≥ 1")
+        self.head = next(iter(model.heads))
+        model.normalize = {self.head: False}  # the method normalises (Lipschitz or L2), in training and at test time
+        self.loss, self.num_classes = loss, num_classes
+        self.per_class, self.pool_size, self.seed = proxies_per_class, pool_size, seed
+        self.batch_weight, self.proxy_weight = batch_weight, proxy_weight
+        self.stage_patience, self.min_improvement, self.stage_metric = stage_patience, min_improvement, stage_metric
+        self.normalization = normalization
+        self.restore_best_on_projection = restore_best_on_projection
+        self.reset_proxy_optimizer_state = reset_proxy_optimizer_state
+        self.proxy_weight_decay, self.proxy_lr_mult = proxy_weight_decay, proxy_lr_mult
+        self.lagged_stage_metric = lagged_stage_metric
+        self.bank = ProxyBank(num_classes, proxies_per_class, model.dims[self.head])
+        network = [p for p in model.parameters() if p.requires_grad]
+        self.proximal = ProximalTerm(network, lam)
+        self.best_weights = nn.ParameterList([nn.Parameter(p.detach().clone(), requires_grad=False) for p in network])
+        self.register_buffer("best_proxies", torch.zeros_like(self.bank.proxies))
+        self.register_buffer("stage", torch.zeros((), dtype=torch.long))
+        self.register_buffer("stage_best", torch.tensor(float("-inf"), dtype=torch.float64))
+        self.register_buffer("stage_bad", torch.zeros((), dtype=torch.long))
+        self.register_buffer("previous_value", torch.tensor(float("-inf"), dtype=torch.float64))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    # ------------------------------------------------------------------------------------------ training
+    def normalize(self, v: torch.Tensor) -> torch.Tensor:
+        return NORMALIZATIONS[self.normalization](v)
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        raw = self.model(batch["views"][0])[self.head].float()
+        labels = batch["label"]
+        with torch.autocast(raw.device.type, enabled=False):
+            v = self.normalize(raw)
+            proxies, proxy_labels = self.bank.flat()
+            batch_loss = self.loss(v, labels)
+            proxy_loss = self.loss(v, labels, ref_emb=self.normalize(proxies), ref_labels=proxy_labels)
+            proximal = self.proximal()
+            loss = self.batch_weight * batch_loss + self.proxy_weight * proxy_loss + proximal
+        return {"loss": loss, "batch_loss": batch_loss.detach(), "proxy_loss": proxy_loss.detach(),
+                "proximal": proximal.detach()}  # fmt: skip
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.model(images)[self.head])
+
+    def extra_parameters(self):
+        options = {"lr_mult": self.proxy_lr_mult, **({} if self.proxy_weight_decay else {"weight_decay": 0.0})}
+        groups = [("proxies", [self.bank.proxies], options)]
+        loss_params = [p for p in self.loss.parameters() if p.requires_grad]
+        return groups + ([("loss", loss_params, {})] if loss_params else [])
+
+    # ------------------------------------------------------------------------------------ stage control
+    def on_train_start(self, trainer) -> None:
+        """Stage 0: proxies from k-center seeded with the origin (the largest-norm candidate first)."""
+        if not bool(self.initialised):
+            self.bank.reinitialise(self.select_proxies(trainer, seeds=None))
+            self.best_proxies.copy_(self.bank.proxies.detach())
+            self.initialised.fill_(True)
+
+    def on_validation_end(self, metrics: dict, trainer) -> None:
+        key = self.stage_metric or trainer._select_key(metrics)
+        if key not in metrics:
+            raise KeyError(f"CCP stage_metric {key!r} is not among the validation metrics {sorted(metrics)}")
+        value = float(metrics[key])
+        if self.lagged_stage_metric:  # the official code's stale read (ccp.md §2.7.1): decide on the previous value
+            current = value
+            value = float(self.previous_value)
+            self.previous_value.fill_(current)
+        if value > float(self.stage_best) + self.min_improvement:
+            self.stage_best.fill_(value)
+            self.stage_bad.zero_()
+            with torch.no_grad():
+                for best, p in zip(self.best_weights, self.proximal.params, strict=True):
+                    best.copy_(p)
+                self.best_proxies.copy_(self.bank.proxies)
+        else:
+            self.stage_bad += 1
+        if int(self.stage_bad) >= self.stage_patience:
+            self.project(trainer)
+
+    @torch.no_grad()
+    def project(self, trainer) -> None:
+        """End the stage: θ̄ ← θ_best, proxies ← k-center picks seeded with the best proxies; a new stage begins."""
+        self.stage += 1
+        self.proximal.anchor(list(self.best_weights))
+        if self.restore_best_on_projection:
+            for p, best in zip(self.proximal.params, self.best_weights, strict=True):
+                p.copy_(best)
+        self.bank.reinitialise(self.select_proxies(trainer, seeds=self.best_proxies))
+        if self.reset_proxy_optimizer_state:
+            trainer.optimizer.state.pop(self.bank.proxies, None)
+        self.stage_best.fill_(float("-inf"))
+        self.stage_bad.zero_()
+        stage = int(self.stage)
+        text = f"step {trainer.step}: CCP stage {stage} begins (proxies re-initialised by k-center)"
+        trainer.record({"type": "ccp_stage", "step": trainer.step, "stage": stage}, text)
+
+    @torch.no_grad()
+    def select_proxies(self, trainer, seeds: torch.Tensor | None) -> torch.Tensor:
+        """C × K × D raw embeddings of real training images: k-center over the candidate pool (ccp.md §2.4)."""
+        b, k = self.pool_size, self.per_class
+        per_class = k if b == 1 else (b * k if b < k else b)  # the official edge cases
+        pool = self.candidate_pool(trainer, per_class)
+        if b == 1:  # no selection: K random images per class
+            return pool
+        return kcenter_per_class(pool, k, seeds)[0]
+
+    @torch.no_grad()
+    def candidate_pool(self, trainer, per_class: int) -> torch.Tensor:
+        """C × per_class × D raw embeddings of random training images, training augmentation, model in eval mode."""
+        seed = self.seed * 7919 + int(self.stage)  # fixed per stage: a resumed run draws the same pool
+        positions = pool_indices(trainer.train_set.labels, self.num_classes, per_class, seed)
+        flat = positions.reshape(-1)
+        size = trainer.cfg.data.eval_batch_size
+        batches = [flat[s : s + size].tolist() for s in range(0, len(flat), size)]
+        loader = torch.utils.data.DataLoader(
+            trainer.train_set, batch_sampler=batches, collate_fn=collate_batch, num_workers=trainer.cfg.data.workers,
+            generator=torch.Generator(),
+        )  # fmt: skip
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        for i, batch in enumerate(trainer.progress_iter(loader, "k-center pool")):
+            images = trainer.train_aug(batch["image"].to(trainer.device), seed=seed * 100_003 + i)
+            chunks.append(self.model(images)[self.head].float())
+        self.model.train(was_training)
+        embeddings = torch.cat(chunks)
+        if len(embeddings) != len(flat):
+            raise RuntimeError("the candidate pool lost images (on_bad_image=skip); CCP needs every drawn image")
+        return embeddings.view(self.num_classes, per_class, -1).to(self.bank.proxies.device)
