@@ -6,8 +6,9 @@ import csv
 import json
 from pathlib import Path
 
-GLYPH_DATA = {"data__name": "csv", "data__load_size": 32, "augment__size": 32, "augment__flip": False,
-              "augment__train": "pad_crop", "augment__padding": 2, "augment__eval": "none"}  # fmt: skip
+GLYPH_DATA = {"data__name": "csv", "data__channels": 1, "data__load_size": 32, "augment__size": 32,
+              "augment__flip": False, "augment__train": "pad_crop", "augment__padding": 2,
+              "augment__eval": "none"}  # fmt: skip
 
 
 def zero_shot_csv(root: str | Path) -> Path:
