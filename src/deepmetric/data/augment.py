@@ -80,23 +80,44 @@ class BatchAugment(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(norm["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(norm["std"]).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor, seed: int | None = None, views: int = 1):
-        """Augment a uint8 batch; ``views`` > 1 returns a list of independently augmented views."""
+    def forward(self, images: torch.Tensor, seed: int | None = None, views: int = 1,
+                shard: tuple[int, int] | None = None):  # fmt: skip
+        """Augment a uint8 batch; ``views`` > 1 returns a list of independently augmented views.
+
+        ``shard=(global_size, start)``: ``images`` are items ``start …`` of a global batch of ``global_size`` split
+        over processes; the random parameters are drawn for the global batch and this part's slice applied, so the
+        processes together augment exactly as one process would the whole batch (distributed training)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"expected a B × C × H × W uint8 batch, got {images.dtype} {tuple(images.shape)}")
         devices = [images.device] if images.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            out = [self._one_view(images) for _ in range(views)]
+            out = [self._one_view(images, shard) for _ in range(views)]
         return out if views > 1 else out[0]
 
-    def _one_view(self, images: torch.Tensor) -> torch.Tensor:
+    def _sliced_parameters(self, x: torch.Tensor, shard: tuple[int, int]):
+        """Kornia parameters drawn for the global batch, cut to this part's rows."""
+        total, start = shard
+        stop = start + x.shape[0]
+        params = self.ops.forward_parameters(torch.Size([total, *x.shape[1:]]))
+        sliced = []
+        for item in params:
+            data = item.data
+            if isinstance(data, dict):
+                data = {k: (v[start:stop] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == total
+                            and k not in ("forward_input_shape", "order") else v) for k, v in data.items()}  # fmt: skip
+                if "forward_input_shape" in data:
+                    data["forward_input_shape"] = torch.tensor(x.shape)
+            sliced.append(type(item)(item.name, data))
+        return sliced
+
+    def _one_view(self, images: torch.Tensor, shard: tuple[int, int] | None = None) -> torch.Tensor:
         x = images.float()
         if x.shape[1] == 1 and self.mean.shape[1] == 3:
             x = x.expand(-1, 3, -1, -1)
         if self.ops is not None and x.shape[0] > 0:
-            x = self.ops(x)
+            x = self.ops(x, params=self._sliced_parameters(x, shard)) if shard else self.ops(x)
         if x.shape[-2:] != (self.cfg.size, self.cfg.size):
             x = F.interpolate(x, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False)
         if self.bgr:

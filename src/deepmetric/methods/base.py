@@ -25,8 +25,13 @@ class Method(nn.Module):
         self.model = model
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        """``{"loss": total, <named parts for logging>: ...}``."""
+        """``{"loss": total, <named parts for logging>: ...}``. Under torchrun, compute losses on the global batch:
+        `deepmetric.distributed.gather_for_loss` (embeddings) and `gather` (labels)."""
         raise NotImplementedError
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """= ``training_step``, so that DistributedDataParallel can wrap the method."""
+        return self.training_step(batch)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Test-time embedding (B × D) of preprocessed images."""

@@ -28,7 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..data import collate_batch
+from ..distributed import gather, gather_for_loss
 from ..models import Embedder
 from .base import Method
 from .ccp_components import ProximalTerm, ProxyBank, kcenter_per_class, lipschitz_normalize
@@ -109,8 +111,8 @@ class CCPMethod(Method):
         return NORMALIZATIONS[self.normalization](v)
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        raw = self.model(batch["views"][0])[self.head].float()
-        labels = batch["label"]
+        raw = gather_for_loss(self.model(batch["views"][0])[self.head].float())  # global batch under torchrun
+        labels = gather(batch["label"])
         with torch.autocast(raw.device.type, enabled=False):
             v = self.normalize(raw)
             proxies, proxy_labels = self.bank.flat()
@@ -178,34 +180,42 @@ class CCPMethod(Method):
 
     @torch.no_grad()
     def select_proxies(self, trainer, seeds: torch.Tensor | None) -> torch.Tensor:
-        """C × K × D raw embeddings of real training images: k-center over the candidate pool (ccp.md §2.4)."""
+        """C × K × D raw embeddings of real training images: k-center over the candidate pool (ccp.md §2.4).
+        Under torchrun every rank ends with rank 0's selection."""
         b, k = self.pool_size, self.per_class
         per_class = k if b == 1 else (b * k if b < k else b)  # the official edge cases
         pool = self.candidate_pool(trainer, per_class)
-        if b == 1:  # no selection: K random images per class
-            return pool
-        return kcenter_per_class(pool, k, seeds)[0]
+        picks = pool if b == 1 else kcenter_per_class(pool, k, seeds)[0]  # b = 1: K random images per class
+        return distributed.broadcast_(picks.contiguous())
 
     @torch.no_grad()
     def candidate_pool(self, trainer, per_class: int) -> torch.Tensor:
-        """C × per_class × D raw embeddings of random training images, training augmentation, model in eval mode."""
-        seed = self.seed * 7919 + int(self.stage)  # fixed per stage: a resumed run draws the same pool
-        positions = pool_indices(trainer.train_set.labels, self.num_classes, per_class, seed)
-        flat = positions.reshape(-1)
+        """C × per_class × D raw embeddings of random training images, training augmentation, model in eval mode.
+
+        Seeded by (seed, stage), so a resumed run draws the same pool; under torchrun each rank embeds its slice of
+        every batch (with the augmentation of the whole batch) and the slices are gathered, so the pool equals the
+        single-process one."""
+        seed = self.seed * 7919 + int(self.stage)
+        positions = pool_indices(trainer.train_set.labels, self.num_classes, per_class, seed).reshape(-1)
         size = trainer.cfg.data.eval_batch_size
-        batches = [flat[s : s + size].tolist() for s in range(0, len(flat), size)]
+        batches = [positions[s : s + size] for s in range(0, len(positions), size)]
+        if len(batches) > 1 and len(batches[-1]) < distributed.world_size():  # every rank gets part of every batch
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        parts = [(batch, distributed.shard(len(batch))) for batch in batches]
         loader = torch.utils.data.DataLoader(
-            trainer.train_set, batch_sampler=batches, collate_fn=collate_batch, num_workers=trainer.cfg.data.workers,
-            generator=torch.Generator(),
+            trainer.train_set, batch_sampler=[batch[part].tolist() for batch, part in parts], collate_fn=collate_batch,
+            num_workers=trainer.cfg.data.workers, generator=torch.Generator(),
         )  # fmt: skip
         was_training = self.model.training
         self.model.eval()
         chunks = []
         for i, batch in enumerate(trainer.progress_iter(loader, "k-center pool")):
-            images = trainer.train_aug(batch["image"].to(trainer.device), seed=seed * 100_003 + i)
-            chunks.append(self.model(images)[self.head].float())
+            whole, part = parts[i]
+            images = trainer.train_aug(batch["image"].to(trainer.device), seed=seed * 100_003 + i,
+                                       shard=(len(whole), part.start) if distributed.active() else None)  # fmt: skip
+            chunks.append(distributed.gather(self.model(images)[self.head].float()))
         self.model.train(was_training)
         embeddings = torch.cat(chunks)
-        if len(embeddings) != len(flat):
+        if len(embeddings) != len(positions):
             raise RuntimeError("the candidate pool lost images (on_bad_image=skip); CCP needs every drawn image")
         return embeddings.view(self.num_classes, per_class, -1).to(self.bank.proxies.device)

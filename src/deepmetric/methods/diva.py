@@ -23,6 +23,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from ..distributed import gather, gather_for_loss
 from ..losses import AdversarialDecorrelation, DaNCELoss, DivaMarginLoss
 from ..miners import DistanceWeightedTripletMiner, IntraClassTripletMiner, SharedTripletMiner
 from ..models import Embedder
@@ -92,10 +93,10 @@ class DivaMethod(Method):
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         view_a, view_b = batch["views"][0], batch["views"][1]
-        labels = batch["label"]
-        out = {h: e.float() for h, e in self.model(view_a).items()}
+        labels = gather(batch["label"])  # the global batch under torchrun (identity in one process)
+        out = {h: gather_for_loss(e.float()) for h, e in self.model(view_a).items()}
         with torch.no_grad():
-            self._keys = self.key_model(view_b)["selfsimilarity"].float()
+            self._keys = gather(self.key_model(view_b)["selfsimilarity"].float())
         parts = {}
         for head in ("discriminative", "shared", "intra"):
             triplets = self.miners[head](out[head], labels)

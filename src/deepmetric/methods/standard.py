@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..distributed import gather, gather_for_loss
 from ..models import Embedder
 from .base import Method
 
@@ -24,7 +25,7 @@ class StandardMethod(Method):
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         embeddings = next(iter(self.model(batch["views"][0]).values())).float()  # loss math in float32
-        labels = batch["label"]
+        embeddings, labels = gather_for_loss(embeddings), gather(batch["label"])  # global batch under torchrun
         with torch.autocast(embeddings.device.type, enabled=False):
             pairs = self.miner(embeddings, labels) if self.miner is not None else None
             loss = self.loss(embeddings, labels, pairs) if pairs is not None else self.loss(embeddings, labels)

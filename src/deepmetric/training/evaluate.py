@@ -26,13 +26,15 @@ class Embedded:
 
 @torch.no_grad()
 def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, batch_size: int, workers: int = 0,
-                progress: bool = False) -> Embedded:  # fmt: skip
-    """Embed every item of ``dataset`` in order, in eval mode (the method's mode is restored after)."""
+                progress: bool = False, positions=None) -> Embedded:  # fmt: skip
+    """Embed every item of ``dataset`` (or those at ``positions``) in order, in eval mode (the method's mode is
+    restored after)."""
     from tqdm.auto import tqdm
 
     was_training = method.training
     method.eval()
-    batches = [list(range(s, min(s + batch_size, len(dataset)))) for s in range(0, len(dataset), batch_size)]
+    positions = np.arange(len(dataset)) if positions is None else np.asarray(positions)
+    batches = [positions[s : s + batch_size].tolist() for s in range(0, len(positions), batch_size)]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch, num_workers=workers,
                                          generator=torch.Generator())  # leaves the global RNG untouched  # fmt: skip
     chunks, labels, coarse, indices = [], [], [], []
@@ -50,10 +52,23 @@ def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, ba
         coarse.append(batch["coarse_label"].numpy())
         indices.append(batch["index"].numpy())
     method.train(was_training)
+    if not chunks and positions is not None and len(dataset):  # an empty part of a split shared over ranks
+        return Embedded(torch.zeros(0, 0), *(np.zeros(0, dtype=np.int64) for _ in range(3)))
     if not chunks:
         raise ValueError("cannot evaluate an empty split")
     heads = {name: torch.cat(parts) for name, parts in per_head.items()} or None
     return Embedded(torch.cat(chunks), np.concatenate(labels), np.concatenate(coarse), np.concatenate(indices), heads)
+
+
+def gather_embedded(emb: Embedded) -> Embedded:
+    """Every rank's part of a split, concatenated in rank order (= item order for contiguous parts)."""
+    from ..distributed import gather
+
+    def cat(a: np.ndarray) -> np.ndarray:
+        return gather(torch.from_numpy(np.ascontiguousarray(a))).numpy()
+
+    heads = {name: gather(e) for name, e in emb.heads.items()} if emb.heads else None
+    return Embedded(gather(emb.embeddings), cat(emb.labels), cat(emb.coarse_labels), cat(emb.indices), heads)
 
 
 def score(emb: Embedded, cfg: EvalConfig, *, query_mask=None, gallery_mask=None, superclass: bool = False,

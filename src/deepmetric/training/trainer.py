@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..config import Config, to_yaml
 from ..data import (
     BatchAugment,
@@ -38,7 +39,7 @@ from .checkpoint import (
     write_json,
     write_text,
 )
-from .evaluate import embed_split, score
+from .evaluate import embed_split, gather_embedded, score
 from .schedule import LRSchedule
 
 CHECKPOINT_VERSION = 1
@@ -110,21 +111,36 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool = False,
                  existing: bool = False):  # fmt: skip
         """``resume``: continue the run in ``run_dir``; ``existing``: only load it (evaluate, embed, report)."""
-        self.cfg, self.run_dir, self.quiet = cfg, Path(run_dir), quiet
+        self.cfg, self.run_dir = cfg, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         if not (resume or existing) and ((self.run_dir / "log.jsonl").exists() or self.ckpt_dir.exists()):
             raise FileExistsError(
                 f"run directory {self.run_dir} already holds a run: continue it with --resume {self.run_dir}, "
                 "or choose another --output"
             )
-        self.device = resolve_device(cfg.train.device)
+        # under torchrun: join the process group; rank 0 alone writes files and shows progress
+        device = cfg.train.device
+        self.device = distributed.setup(device) if distributed.requested() else resolve_device(device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        self.quiet = quiet or not self.main
         seed_everything(cfg.train.seed)
         self._setup_data()
         torch.manual_seed(cfg.train.seed)  # initialisation independent of what data loading drew
         from ..methods.registry import heads
 
         model = build_embedder(cfg, self.train_set.channels, heads=heads(cfg))
+        if self.world_size > 1:  # BatchNorm over the global batch, as in one process
+            distributed.convert_batchnorm(model, self.device)
         self.method = build_method(cfg, model, self.num_classes).to(self.device)
+        self.train_module = self.method
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_module = DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,  # every rank computes the same buffers (global-batch BatchNorm, queues)
+            )  # fmt: skip
         groups = self.method.param_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult)
         self.optimizer = build_optimizer(cfg.optim, groups)
         self.steps_per_epoch = len(self.sampler)
@@ -140,6 +156,7 @@ class Trainer:
         self.tensorboard = None
         if resume:
             self._resume()
+        distributed.barrier()  # every rank checked the run directory before rank 0 writes to it
 
     # ----------------------------------------------------------------------------------------------- setup
     def _setup_data(self) -> None:
@@ -158,7 +175,7 @@ class Trainer:
         self.test_set = ImageDataset(self.table, self.splits.test, **common)
         self.sampler = ClassBalancedBatchSampler(
             self.train_set.labels, cfg.data.classes_per_batch, cfg.data.samples_per_class, seed=cfg.train.seed,
-            small_classes=cfg.data.small_classes,
+            small_classes=cfg.data.small_classes, rank=distributed.rank(), world_size=distributed.world_size(),
         )  # fmt: skip
         # a private generator: creating an iterator must not draw from the global RNG (methods draw from it, and a
         # resumed run creates one more iterator than an uninterrupted one)
@@ -171,6 +188,8 @@ class Trainer:
 
     # --------------------------------------------------------------------------------------------- helpers
     def _log(self, record: dict) -> None:
+        if not self.main:
+            return
         with open(self.run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
         if self.tensorboard is not None:
@@ -229,7 +248,8 @@ class Trainer:
                     "best_val_metrics", "history", "bad_images"):  # fmt: skip
             setattr(self, key, state[key])
         set_rng_state(state["rng"])
-        self._truncate_log(self.step)
+        if self.main:
+            self._truncate_log(self.step)
         self._say(f"resumed from step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
     def _truncate_log(self, step: int) -> None:
@@ -265,19 +285,25 @@ class Trainer:
             print(f"deepmetric: {text}", file=sys.stderr, flush=True)
 
     def save_last(self) -> None:
-        save_checkpoint(self._state(), self.ckpt_dir / "last.pt")
+        if self.main:
+            save_checkpoint(self._state(), self.ckpt_dir / "last.pt")
 
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, split: str, progress: bool = False) -> dict[str, float]:
-        return self.score(split, self.embed(split, progress))
+        """Metrics of ``split``; under torchrun every rank embeds a part, rank 0 scores, every rank gets the result."""
+        emb = self.embed(split, progress)
+        metrics = self.score(split, emb) if self.main else None
+        return distributed.broadcast_object(metrics)
 
     def embed(self, split: str, progress: bool = False):
-        """The method's test-time embeddings of ``split`` (``val`` or ``test``), in order."""
+        """The method's test-time embeddings of ``split`` (``val`` or ``test``), in order (gathered over ranks)."""
         dataset = {"val": self.val_set, "test": self.test_set}[split]
         if dataset is None:
             raise ValueError(f"this run has no {split} split (protocol.val_by={self.cfg.protocol.val_by!r})")
-        return embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size,
-                           self.cfg.data.workers, progress)  # fmt: skip
+        positions = np.arange(len(dataset))[distributed.shard(len(dataset))] if self.world_size > 1 else None
+        emb = embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size,
+                          self.cfg.data.workers, progress and self.main, positions=positions)  # fmt: skip
+        return gather_embedded(emb) if self.world_size > 1 else emb
 
     def score(self, split: str, emb) -> dict[str, float]:
         """Metrics of embeddings of ``split`` (query / gallery masks where the protocol has them)."""
@@ -315,8 +341,9 @@ class Trainer:
         if improved:
             self.best_value, self.best_step, self.evals_since_best = value, self.step, 0
             self.best_val_metrics = metrics
-            save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": key, "value": value,
-                             "meta": self.inference_meta()}, self.ckpt_dir / "best.pt")  # fmt: skip
+            if self.main:
+                save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": key,
+                                 "value": value, "meta": self.inference_meta()}, self.ckpt_dir / "best.pt")  # fmt: skip
         else:
             self.evals_since_best += 1
         self.progress.line(
@@ -329,11 +356,16 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- training
     def _train_step(self, batch) -> dict[str, torch.Tensor]:
         images = batch["image"].to(self.device, non_blocking=True)
-        views = self.train_aug(images, seed=self._augmentation_seed(self.step), views=self.method.num_views)
+        shard = None
+        if self.world_size > 1:  # this rank's rows of the global batch, augmented as one process would
+            per_rank = self.cfg.data.classes_per_batch * self.cfg.data.samples_per_class // self.world_size
+            shard = (per_rank * self.world_size, per_rank * self.rank)
+        views = self.train_aug(images, seed=self._augmentation_seed(self.step), views=self.method.num_views,
+                               shard=shard)  # fmt: skip
         views = views if isinstance(views, list) else [views]
         inputs = {"views": views, "label": batch["label"].to(self.device), "index": batch["index"].to(self.device)}
         with torch.autocast(self.device.type, enabled=self.use_amp):
-            parts = self.method.training_step(inputs)
+            parts = self.train_module(inputs)  # = method.training_step, through DDP under torchrun
         loss = parts["loss"]
         if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):  # free on CPU; on GPU checked at logs
             self._nonfinite(parts)
@@ -361,10 +393,11 @@ class Trainer:
     def fit(self) -> dict:
         """Train (or continue), evaluate the best checkpoint on test, write metrics.json and the report."""
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(self.run_dir / "config.yaml", to_yaml(cfg))
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.run_dir / "config.yaml", to_yaml(cfg))
         self._last_saved_step = self.step
-        self.tensorboard = self._open_tensorboard()
+        self.tensorboard = self._open_tensorboard() if self.main else None
         self.progress = Progress(self.total_steps, self.step, enabled=not self.quiet)
         self.method.on_train_start(self)
         stop = False
@@ -422,14 +455,16 @@ class Trainer:
     def finish(self) -> dict:
         """Test evaluation with the best checkpoint (or the last weights without validation), metrics.json, report."""
         best = self.ckpt_dir / "best.pt"
+        distributed.barrier()  # rank 0 has written best.pt
         if self.best_value is not None:  # a validation selected a checkpoint
             self.method.load_state_dict(load_checkpoint(best)["method"])
             selected = {"split": self.cfg.train.select_split, "step": self.best_step,
                         "metric": self._select_key(self.best_val_metrics), "value": self.best_value}  # fmt: skip
         else:  # no validation: the final weights are the selected ones, and best.pt says so
             selected = {"split": None, "step": self.step, "metric": None, "value": None}
-            save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": None, "value": None,
-                             "meta": self.inference_meta()}, best)  # fmt: skip
+            if self.main:
+                save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": None,
+                                 "value": None, "meta": self.inference_meta()}, best)  # fmt: skip
         test = self.evaluate("test", progress=not self.quiet)
         self._log({"type": "eval", "split": "test", "step": self.step, **test})
         metrics = {"val": self.best_val_metrics, "test": test, "selected": selected, "steps": self.step,
@@ -438,9 +473,11 @@ class Trainer:
             metrics["warning"] = "model selected on the test split (train.select_split=test): test metrics are biased"
         if self.bad_images:
             metrics["skipped_images"] = {"count": len(self.bad_images), "paths": sorted(set(self.bad_images))}
-        write_json(self.run_dir / "metrics.json", metrics)
-        if self.cfg.report.enabled:
-            from ..report import write_report
+        if self.main:
+            write_json(self.run_dir / "metrics.json", metrics)
+            if self.cfg.report.enabled:
+                from ..report import write_report
 
-            write_report(self.run_dir, trainer=self)
+                write_report(self.run_dir, trainer=self)
+        distributed.barrier()
         return metrics
