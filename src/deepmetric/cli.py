@@ -56,7 +56,13 @@ def cmd_train(args) -> int:
         overrides[key.replace(".", "__")] = value
     if args.resume is None and args.config is None:
         raise SystemExit("deepmetric train: give a CONFIG file (e.g. configs/demo.yaml) or --resume RUN_DIR")
+    from . import distributed
+
     run_dir, metrics = train(args.config, output=args.output, resume=args.resume, quiet=args.quiet, **overrides)
+    main_process = distributed.is_main()
+    distributed.teardown()
+    if not main_process:
+        return 0
     _print_metrics("test", metrics["test"])
     print(f"run directory: {run_dir}")
     if (run_dir / "report.html").is_file():

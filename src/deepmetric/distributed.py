@@ -128,10 +128,26 @@ def shard(n: int) -> slice:
     return slice(n * r // w, n * (r + 1) // w)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Σ over ranks, whose gradient is again the Σ over ranks of the incoming gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch over all ranks (any backend).
 
-    Per channel the ranks all-reduce (Σx, Σx², n) with the autograd-aware all-reduce, so the gradient also flows
+    Per channel the ranks all-reduce (Σx, Σx², n) with an autograd-aware all-reduce, so the gradient also flows
     through the global mean and variance exactly as in one process; running statistics use the unbiased global
     variance, as ``nn.BatchNorm2d``.
     """
@@ -139,12 +155,10 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = (0, 2, 3)
         count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum(dims), x.pow(2).sum(dims), count])
-        stats = all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n

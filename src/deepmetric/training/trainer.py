@@ -137,10 +137,11 @@ class Trainer:
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.train_module = DistributedDataParallel(
-                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,  # every rank computes the same buffers (global-batch BatchNorm, queues)
-            )  # fmt: skip
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            try:  # every rank computes the same buffers (global-batch BatchNorm, queues): no per-step broadcast
+                self.train_module = DistributedDataParallel(self.method, device_ids=ids, forward_sync_buffers=False)
+            except TypeError:  # torch versions before forward_sync_buffers
+                self.train_module = DistributedDataParallel(self.method, device_ids=ids, broadcast_buffers=False)
         groups = self.method.param_groups(cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult)
         self.optimizer = build_optimizer(cfg.optim, groups)
         self.steps_per_epoch = len(self.sampler)
