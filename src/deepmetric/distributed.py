@@ -68,24 +68,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-class _ScaleGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.scale, None
-
-
 def gather_for_loss(x: torch.Tensor) -> torch.Tensor:
     """All ranks' ``x`` (equal sizes) concatenated in rank order; this rank's slice keeps its gradient × W."""
     if not active():
         return x
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.detach().contiguous())
-    parts[rank()] = _ScaleGradient.apply(x, float(world_size()))
+    from .losses.gradient_reversal import scale_gradient
+
+    parts[rank()] = scale_gradient(x, float(world_size()))
     return torch.cat(parts)
 
 

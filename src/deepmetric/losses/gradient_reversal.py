@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 
-class _Reverse(torch.autograd.Function):
+class _ScaleGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale):
         ctx.scale = scale
@@ -17,11 +17,16 @@ class _Reverse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return -ctx.scale * grad, None
+        return ctx.scale * grad, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward, gradient × ``scale`` backward (also the distributed gather's × world size)."""
+    return _ScaleGradient.apply(x, scale)
 
 
 def reverse_gradient(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    return _Reverse.apply(x, scale)
+    return scale_gradient(x, -scale)
 
 
 class GradientReversal(torch.nn.Module):
