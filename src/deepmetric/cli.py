@@ -76,8 +76,14 @@ def cmd_mlrc(args) -> int:
     for item in args.overrides:
         if "=" not in item:
             raise SystemExit(f"deepmetric mlrc: overrides are KEY=VALUE, got {item!r}")
+    from . import distributed
+
     summary = run_mlrc(args.config, args.output, list(args.overrides), folds=args.folds, only=args.only,
                        quiet=args.quiet)  # fmt: skip
+    main_process = distributed.is_main()
+    distributed.teardown()
+    if not main_process:
+        return 0
     print(markdown(summary, Path(args.config).stem))
     print(f"written: {Path(args.output) / 'mlrc.json'}, {Path(args.output) / 'mlrc.md'}")
     return 0

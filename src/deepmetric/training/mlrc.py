@@ -84,6 +84,8 @@ def markdown(summary: dict, name: str) -> str:
 def run_mlrc(config: str | Path, output: str | Path, overrides: list[str] | None = None, *, folds: int = 4,
              only: list[int] | None = None, quiet: bool = False) -> dict:  # fmt: skip
     """Train every fold (or ``only`` these) and aggregate; returns the summary written to ``mlrc.json``."""
+    from .. import distributed
+
     output = Path(output)
     if folds < 2:
         raise ValueError(f"MLRC needs at least 2 folds, got {folds}")
@@ -94,13 +96,14 @@ def run_mlrc(config: str | Path, output: str | Path, overrides: list[str] | None
     run_dirs = []
     for k in chosen:
         run_dir = output / f"fold{k}"
-        if not quiet:
+        if not quiet and distributed.is_main():
             print(f"deepmetric mlrc: fold {k} of {folds} → {run_dir}", flush=True)
         train_fold(config, run_dir, [*(overrides or []), *fold_overrides(k, folds)], quiet)
         run_dirs.append(run_dir)
     summary = {"config": str(config), "folds": folds, "trained": chosen, **ensemble_metrics(run_dirs)}
-    write_json(output / "mlrc.json", summary)
-    write_text(output / "mlrc.md", markdown(summary, Path(config).stem))
+    if distributed.is_main():  # under torchrun every rank trained and scored; rank 0 writes
+        write_json(output / "mlrc.json", summary)
+        write_text(output / "mlrc.md", markdown(summary, Path(config).stem))
     return summary
 
 
