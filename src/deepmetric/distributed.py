@@ -82,7 +82,18 @@ def gather_for_loss(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """All ranks' ``x`` concatenated in rank order, without gradient; sizes along dim 0 may differ."""
+    """All ranks' ``x`` (equal sizes: a training batch's rows) concatenated in rank order, without gradient; one
+    all-gather and no host synchronisation."""
+    if not active():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def gather_uneven(x: torch.Tensor) -> torch.Tensor:
+    """All ranks' ``x`` concatenated in rank order, without gradient; sizes along dim 0 may differ (evaluation)."""
     if not active():
         return x
     x = x.contiguous()

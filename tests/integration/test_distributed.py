@@ -78,7 +78,7 @@ def test_two_processes_train_the_same_model_as_one(method, tmp_path):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["test"]["map@r"] == pytest.approx(one["test"]["map@r"], abs=1e-4)
-    assert not (tmp_path / "two" / "log.jsonl").read_text().count('"step": 5,') > 2  # rank 0 alone writes the log
+    assert (tmp_path / "two" / "log.jsonl").read_text().count('"step": 5,') == 1  # rank 0 alone writes the log
 
 
 def test_resume_under_two_processes_matches_an_uninterrupted_run(tmp_path):

@@ -213,7 +213,7 @@ class CCPMethod(Method):
             whole, part = parts[i]
             images = trainer.train_aug(batch["image"].to(trainer.device), seed=seed * 100_003 + i,
                                        shard=(len(whole), part.start) if distributed.active() else None)  # fmt: skip
-            chunks.append(distributed.gather(self.model(images)[self.head].float()))
+            chunks.append(distributed.gather_uneven(self.model(images)[self.head].float()))
         self.model.train(was_training)
         embeddings = torch.cat(chunks)
         if len(embeddings) != len(positions):

@@ -52,8 +52,6 @@ def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, ba
         coarse.append(batch["coarse_label"].numpy())
         indices.append(batch["index"].numpy())
     method.train(was_training)
-    if not chunks and positions is not None and len(dataset):  # an empty part of a split shared over ranks
-        return Embedded(torch.zeros(0, 0), *(np.zeros(0, dtype=np.int64) for _ in range(3)))
     if not chunks:
         raise ValueError("cannot evaluate an empty split")
     heads = {name: torch.cat(parts) for name, parts in per_head.items()} or None
@@ -62,7 +60,7 @@ def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, ba
 
 def gather_embedded(emb: Embedded) -> Embedded:
     """Every rank's part of a split, concatenated in rank order (= item order for contiguous parts)."""
-    from ..distributed import gather
+    from ..distributed import gather_uneven as gather
 
     def cat(a: np.ndarray) -> np.ndarray:
         return gather(torch.from_numpy(np.ascontiguousarray(a))).numpy()

@@ -301,6 +301,8 @@ class Trainer:
         dataset = {"val": self.val_set, "test": self.test_set}[split]
         if dataset is None:
             raise ValueError(f"this run has no {split} split (protocol.val_by={self.cfg.protocol.val_by!r})")
+        if len(dataset) < self.world_size:  # too small to share: every rank embeds all of it
+            return embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size)
         positions = np.arange(len(dataset))[distributed.shard(len(dataset))] if self.world_size > 1 else None
         emb = embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size,
                           self.cfg.data.workers, progress and self.main, positions=positions)  # fmt: skip
