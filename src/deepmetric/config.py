@@ -105,6 +105,7 @@ class TrainConfig:
     select_metric: str = "map@r"
     select_split: str = "val"  # "val", or "test" (leaks; recorded in metrics.json)
     amp: bool = False  # mixed precision on CUDA (loss math in float32)
+    dtype: str = "float32"  # float32 | float64 (numerical checks; slower, no amp)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tensorboard: bool = False
 
@@ -150,6 +151,7 @@ CHOICES = {
     "optim.name": ("adam", "adamw", "sgd", "rmsprop"),
     "schedule.name": ("none", "step", "multistep", "cosine", "plateau"),
     "train.select_split": ("val", "test"),
+    "train.dtype": ("float32", "float64"),
     "eval.backend": ("torch", "faiss"),
     "eval.average": ("micro", "macro"),
 }
@@ -249,6 +251,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.betas={cfg.optim.betas!r} must be two numbers in [0, 1)")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr!r} must be > 0")
+    if cfg.train.dtype == "float64" and cfg.train.amp:
+        raise ConfigError("train.amp (mixed precision) and train.dtype=float64 exclude each other")
     if cfg.train.epochs < 1 and not cfg.train.max_steps:
         raise ConfigError("train.epochs must be ≥ 1 (or set train.max_steps)")
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import deepmetric
 from deepmetric.cli import main
@@ -91,6 +92,17 @@ def test_selection_on_test_is_recorded(digits_config, tmp_path):
     _, metrics = deepmetric.train(digits_config, output=tmp_path / "leaky", quiet=True, train__select_split="test",
                                   train__epochs=1, report__enabled=False)  # fmt: skip
     assert "test split" in metrics["warning"] and metrics["selected"]["split"] == "test"
+
+
+def test_float64_training_gives_a_float64_model_that_evaluates(digits_config, tmp_path, capsys):
+    from deepmetric.training.checkpoint import load_checkpoint
+
+    run_dir, metrics = deepmetric.train(digits_config, output=tmp_path / "f64", quiet=True, train__dtype="float64",
+                                        train__max_steps=6, report__enabled=False)  # fmt: skip
+    weights = load_checkpoint(run_dir / "checkpoints" / "last.pt")["method"]
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float64}
+    assert main(["evaluate", str(run_dir), "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(metrics["test"], abs=1e-6)
 
 
 def chromium_path():

@@ -32,6 +32,7 @@ from .. import distributed
 from ..data import collate_batch
 from ..distributed import gather, gather_for_loss
 from ..models import Embedder
+from ..precision import full_precision
 from .base import Method
 from .ccp_components import ProximalTerm, ProxyBank, kcenter_per_class, lipschitz_normalize
 
@@ -111,7 +112,7 @@ class CCPMethod(Method):
         return NORMALIZATIONS[self.normalization](v)
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        raw = gather_for_loss(self.model(batch["views"][0])[self.head].float())  # global batch under torchrun
+        raw = gather_for_loss(full_precision(self.model(batch["views"][0])[self.head]))  # global batch under torchrun
         labels = gather(batch["label"])
         with torch.autocast(raw.device.type, enabled=False):
             v = self.normalize(raw)
@@ -213,7 +214,7 @@ class CCPMethod(Method):
             whole, part = parts[i]
             images = trainer.train_aug(batch["image"].to(trainer.device), seed=seed * 100_003 + i,
                                        shard=(len(whole), part.start) if distributed.active() else None)  # fmt: skip
-            chunks.append(distributed.gather_uneven(self.model(images)[self.head].float()))
+            chunks.append(distributed.gather_uneven(full_precision(self.model(images)[self.head])))
         self.model.train(was_training)
         embeddings = torch.cat(chunks)
         if len(embeddings) != len(positions):

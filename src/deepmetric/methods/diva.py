@@ -27,6 +27,7 @@ from ..distributed import gather, gather_for_loss
 from ..losses import AdversarialDecorrelation, DaNCELoss, DivaMarginLoss
 from ..miners import DistanceWeightedTripletMiner, IntraClassTripletMiner, SharedTripletMiner
 from ..models import Embedder
+from ..precision import full_precision
 from .base import Method
 
 HEADS = ("discriminative", "selfsimilarity", "shared", "intra")
@@ -94,9 +95,9 @@ class DivaMethod(Method):
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         view_a, view_b = batch["views"][0], batch["views"][1]
         labels = gather(batch["label"])  # the global batch under torchrun (identity in one process)
-        out = {h: gather_for_loss(e.float()) for h, e in self.model(view_a).items()}
+        out = {h: gather_for_loss(full_precision(e)) for h, e in self.model(view_a).items()}
         with torch.no_grad():
-            self._keys = gather(self.key_model(view_b)["selfsimilarity"].float())
+            self._keys = gather(full_precision(self.key_model(view_b)["selfsimilarity"]))
         parts = {}
         for head in ("discriminative", "shared", "intra"):
             triplets = self.miners[head](out[head], labels)
@@ -137,7 +138,7 @@ class DivaMethod(Method):
         ]  # fmt: skip
 
     def embed_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {h: F.normalize(e.float(), dim=1) for h, e in self.model(images).items()}
+        return {h: F.normalize(full_precision(e), dim=1) for h, e in self.model(images).items()}
 
     def combine(self, heads: dict[str, torch.Tensor]) -> torch.Tensor:
         """normalize(concat(w_h · f_h)) over the four L2-normalised heads."""

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from ..distributed import gather, gather_for_loss
 from ..models import Embedder
+from ..precision import full_precision
 from .base import Method
 
 
@@ -24,7 +25,7 @@ class StandardMethod(Method):
         self.loss_lr_mult, self.loss_weight_decay = loss_lr_mult, loss_weight_decay
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        embeddings = next(iter(self.model(batch["views"][0]).values())).float()  # loss math in float32
+        embeddings = full_precision(next(iter(self.model(batch["views"][0]).values())))  # loss math in ≥ float32
         embeddings, labels = gather_for_loss(embeddings), gather(batch["label"])  # global batch under torchrun
         with torch.autocast(embeddings.device.type, enabled=False):
             pairs = self.miner(embeddings, labels) if self.miner is not None else None

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..precision import full_precision
+
 SHARING = ("random", "standard", "full")
 
 
@@ -43,7 +45,7 @@ def _uniform(allowed: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tens
 
 
 def _no_grad_normalised(embeddings):
-    return F.normalize(embeddings.detach().float(), dim=1)
+    return F.normalize(full_precision(embeddings.detach()), dim=1)
 
 
 class DistanceWeightedTripletMiner(nn.Module):

@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..precision import full_precision
+
 NEGATIVE_STRATEGIES = ("semihard", "hard", "all", "distance_weighted", "multi_similarity")
 FALLBACKS = ("drop", "hardest")
 
@@ -71,8 +73,8 @@ class EasyPositiveMiner(nn.Module):
         same_set = ref_emb is None
         ref_emb = embeddings if same_set else ref_emb
         ref_labels = labels if same_set else ref_labels
-        x = F.normalize(embeddings.detach().float(), dim=1)
-        r = x if same_set else F.normalize(ref_emb.detach().float(), dim=1)
+        x = F.normalize(full_precision(embeddings.detach()), dim=1)
+        r = x if same_set else F.normalize(full_precision(ref_emb.detach()), dim=1)
         sim = x @ r.T
         dist = (2 - 2 * sim).clamp_min(0).sqrt()
         same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)

@@ -42,6 +42,9 @@ class Embedder(nn.Module):
             self.normalize = dict.fromkeys(heads, bool(normalize))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        dtype = next(self.parameters()).dtype
+        if images.dtype != dtype and not torch.is_autocast_enabled(images.device.type):  # float64 model: train.dtype
+            images = images.to(dtype)
         features = self.backbone(images)
         return self.embed_features(features)
 

@@ -30,6 +30,7 @@ from ..data import (
     make_splits,
 )
 from ..models import Embedder, build_embedder
+from ..precision import DTYPES
 from .checkpoint import (
     load_checkpoint,
     rng_state,
@@ -132,7 +133,7 @@ class Trainer:
         model = build_embedder(cfg, self.train_set.channels, heads=heads(cfg))
         if self.world_size > 1:  # BatchNorm over the global batch, as in one process
             distributed.convert_batchnorm(model, self.device)
-        self.method = build_method(cfg, model, self.num_classes).to(self.device)
+        self.method = build_method(cfg, model, self.num_classes).to(self.device, DTYPES[cfg.train.dtype])
         self.train_module = self.method
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel

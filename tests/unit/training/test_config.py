@@ -33,6 +33,8 @@ def test_repository_presets_load():
         (["data.classes_per_batch=0"], r"data\.classes_per_batch=0 must be ≥ 1"),
         (["optim.lr=-1"], r"optim\.lr=-1\.0 must be > 0"),
         (["trian.epochs=1"], r"'trian'"),
+        (["train.dtype=float16"], r"train\.dtype='float16' is not one of"),
+        (["train.dtype=float64", "train.amp=true"], r"exclude each other"),
     ],
 )
 def test_errors_name_key_and_value(overrides, match):
