@@ -1,9 +1,11 @@
-"""The glyph benchmark (``../shared/benchmarks/glyphs/``) as deepmetric configs: its 185 / 185 zero-shot split."""
+"""The glyph benchmark (``../shared/benchmarks/glyphs/``) as deepmetric configs: its 185 / 185 zero-shot split,
+optionally on a fixed subset of the fonts or of the scripts (to keep a benchmark's evaluation within CPU minutes)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 GLYPH_DATA = {"data__name": "csv", "data__channels": 1, "data__load_size": 32, "augment__size": 32,
@@ -11,23 +13,74 @@ GLYPH_DATA = {"data__name": "csv", "data__channels": 1, "data__load_size": 32, "
               "augment__eval": "none"}  # fmt: skip
 
 
-def zero_shot_csv(root: str | Path) -> Path:
-    """``ROOT/zero_shot.csv``: the build's index.csv with a ``split`` column from splits.json (written once)."""
+def glyph_csv(root: str | Path, *, split: str | None = "classes", fonts: int | None = None, scripts=None) -> Path:
+    """A CSV over the build in ``root`` (written once, beside its index.csv so relative paths hold).
+
+    ``split``: ``classes`` adds a ``split`` column from splits.json (185 train / 185 test characters), ``images``
+    one that tests every 10th image of each character (all characters train), ``None`` none; ``fonts``: keep the
+    images of that many fonts, drawn with ``random.Random(0)`` from the sorted font ids; ``scripts``: keep only
+    these scripts (``Latin``, ``Greek``, ``Cyrillic``, ``Digit``).
+    """
     root = Path(root).expanduser()
-    out = root / "zero_shot.csv"
-    if out.is_file():
-        return out
     if not (root / "index.csv").is_file():
         raise SystemExit(f"{root}/index.csv not found: build the glyph benchmark (../shared/benchmarks/glyphs)")
-    splits = json.loads((root / "splits.json").read_text())
-    split_of = {**dict.fromkeys(splits["train"], "train"), **dict.fromkeys(splits["test"], "test")}
+    if split not in ("classes", "images", None):
+        raise ValueError(f"split must be 'classes', 'images' or None, got {split!r}")
+    first = {"classes": "zero_shot", "images": "image_split", None: "all"}[split]
+    parts = [first, *(s.lower() for s in sorted(scripts or ()))]
+    out = root / ("-".join(parts) + (f"-f{fonts}" if fonts else "") + ".csv")
+    if out.is_file():
+        return out
     with open(root / "index.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    if fonts:
+        ids = sorted({r["font_id"] for r in rows})
+        keep = set(random.Random(0).sample(ids, min(fonts, len(ids))))
+        rows = [r for r in rows if r["font_id"] in keep]
+    if scripts:
+        rows = [r for r in rows if r["script"] in set(scripts)]
+    fields = list(rows[0].keys())
+    if split == "classes":
+        splits = json.loads((root / "splits.json").read_text())
+        split_of = {**dict.fromkeys(splits["train"], "train"), **dict.fromkeys(splits["test"], "test")}
+        rows = [{**r, "split": split_of[r["path"].split("/")[0]]} for r in rows]
+    elif split == "images":
+        seen: dict[str, int] = {}
+        for r in rows:
+            seen[r["label"]] = seen.get(r["label"], 0) + 1
+            r["split"] = "test" if seen[r["label"]] % 10 == 0 else "train"
+    if split:
+        fields.append("split")
     tmp = out.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*rows[0].keys(), "split"])
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "split": split_of[row["path"].split("/")[0]]})
+        writer.writerows(rows)
     tmp.replace(out)
+    return out
+
+
+PRETRAIN = {
+    **GLYPH_DATA, "protocol__name": "official", "protocol__val_by": "none",
+    "data__classes_per_batch": 32, "data__samples_per_class": 4, "train__epochs": 50, "train__max_steps": 800,
+    "train__seed": 0, "eval__clustering": False, "report__enabled": False,
+}  # fmt: skip
+
+
+def pretrained_backbone(glyphs: str, folder: Path = Path("runs/glyph_pretrain")) -> Path:
+    """Backbone weights trained on the non-Latin characters (a stand-in for ImageNet pretraining before DML on the
+    Latin ones), written once to ``folder/backbone.pt``: normalised softmax on every 9 of 10 images of the 129
+    Greek, Cyrillic and digit characters, 800 steps of 32 × 4."""
+    import torch
+    from _report import train_once
+
+    out = folder / "backbone.pt"
+    if out.is_file():
+        return out
+    data = glyph_csv(glyphs, split="images", scripts=("Greek", "Cyrillic", "Digit"))
+    run_dir = folder / "run"
+    train_once(Path("configs/fashion_mnist/normalized_softmax.yaml"), {**PRETRAIN, "data__root": str(data)}, run_dir)
+    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["method"]
+    prefix = "model.backbone.trunk."
+    torch.save({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, out)
     return out

@@ -39,3 +39,28 @@ def train_once(preset, overrides: dict, run_dir) -> dict:
         return json.loads((run_dir / "metrics.json").read_text())
     resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
     return deepmetric.train(None if resume else preset, output=run_dir, resume=resume, quiet=True, **overrides)[1]
+
+
+def add_study_arguments(ap, runs: str) -> None:
+    """The options every multi-seed study shares: seeds, glyph build, run folder, config overrides, output file."""
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--glyphs", default="~/.cache/deepmetric/glyphs", help="root of a glyph benchmark build")
+    ap.add_argument("--glyph-fonts", type=int, default=160, help="glyphs: images of this many fonts (0: all 686)")
+    ap.add_argument("--runs", default=runs, help="run folder (finished runs are reused: use a new one per --set)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    ap.add_argument("--write", help="append the result to this markdown file")
+
+
+def overrides_from(items: list[str]) -> dict:
+    """``["train.epochs=2", ...]`` → ``{"train__epochs": "2", ...}`` (the keyword form `deepmetric.train` takes)."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key.replace(".", "__")] = value
+    return out
+
+
+def untrained_overrides(overrides: dict) -> dict:
+    """``overrides`` for a run that evaluates the network as initialised (or as loaded from ``model.weights``):
+    one step at learning rate 1e-12, since a run needs a step; what a method adds is measured against it."""
+    return {**overrides, "train__max_steps": 1, "optim__lr": 1e-12}

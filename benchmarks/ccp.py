@@ -1,13 +1,16 @@
 """CCP against its base loss: C2 and multi-similarity, base vs CCP, several seeds.
 
     python benchmarks/ccp.py --protocol fmnist_zero_shot --seeds 0 1 2
-    python benchmarks/ccp.py --protocol glyphs_zero_shot --glyphs ~/.cache/deepmetric/glyphs
+    python benchmarks/ccp.py --protocol glyphs_zero_shot --glyphs ~/.cache/deepmetric/glyphs [--glyph-fonts 160]
 
 ``fmnist_zero_shot``: the presets ``configs/fashion_mnist/{c2,ccp_c2,ms,ccp_ms}.yaml`` as they are.
 ``glyphs_zero_shot``: the same presets on the glyph benchmark's 185 / 185 class split, with MLRC-style validation
 (4 class-disjoint folds of the 185 training classes; seed s validates on fold s mod 4), 16 classes × 4, one epoch.
+``glyphs_pretrained``: as in ``benchmarks/diva.py``, the backbone first trained on the Greek, Cyrillic and digit
+characters (the paper's setting starts from ImageNet weights), then base or CCP on the Latin characters only.
 Each cell is mean ± std over the seeds of the test ``map@r`` and ``precision@1``, and of the number of CCP stages
-the run went through. Runs are kept in ``--runs`` and reused.
+the run went through. The first row is the network as initialised (no training), the reference that training on the
+seen classes should improve on. Runs are kept in ``--runs`` and reused.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from _glyphs import GLYPH_DATA, zero_shot_csv  # benchmarks/_glyphs.py
-from _report import command_line, emit, mean_std, train_once  # benchmarks/_report.py
+from _glyphs import GLYPH_DATA, glyph_csv, pretrained_backbone  # benchmarks/_glyphs.py
+from _report import add_study_arguments, command_line, emit, mean_std, overrides_from, train_once, untrained_overrides
 
 PAIRS = {"c2": ("c2", "ccp_c2"), "ms": ("ms", "ccp_ms")}
 GLYPHS = {
@@ -39,40 +42,43 @@ def stages(run_dir: Path) -> int:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocol", choices=("fmnist_zero_shot", "glyphs_zero_shot"), required=True)
+    ap.add_argument("--protocol", choices=("fmnist_zero_shot", "glyphs_zero_shot", "glyphs_pretrained"), required=True)
     ap.add_argument("--losses", nargs="+", choices=sorted(PAIRS), default=sorted(PAIRS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--glyphs", default="~/.cache/deepmetric/glyphs", help="root of a glyph benchmark build")
-    ap.add_argument("--runs", default="runs/ccp")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--write", help="append the table to this markdown file")
+    add_study_arguments(ap, runs="runs/ccp")
     args = ap.parse_args(argv)
     base = {"report__enabled": False}
-    if args.protocol == "glyphs_zero_shot":
-        base.update(GLYPHS, data__root=str(zero_shot_csv(args.glyphs)))
-    for item in args.set:
-        key, _, value = item.partition("=")
-        base[key.replace(".", "__")] = value
+    tag = args.protocol
+    if args.protocol != "fmnist_zero_shot":
+        scripts = ("Latin",) if args.protocol == "glyphs_pretrained" else None
+        base.update(GLYPHS, data__root=str(glyph_csv(args.glyphs, fonts=args.glyph_fonts or None, scripts=scripts)))
+        tag = f"{args.protocol}-f{args.glyph_fonts}"
+    if args.protocol == "glyphs_pretrained":
+        base["model__weights"] = str(pretrained_backbone(args.glyphs))
+    base.update(overrides_from(args.set))
+    cells = [("–", "untrained", "c2")] + [
+        (loss, kind, preset) for loss in args.losses for kind, preset in zip(("base", "CCP"), PAIRS[loss], strict=True)
+    ]
     rows = []
-    for loss in args.losses:
-        for preset in PAIRS[loss]:
-            results, counts = [], []
-            for seed in args.seeds:
-                overrides = {**base, "train__seed": seed}
-                if args.protocol == "glyphs_zero_shot":
-                    overrides["protocol__fold"] = seed % 4
-                if not preset.startswith("ccp"):
-                    overrides = {k: v for k, v in overrides.items() if not k.startswith("method__")}
-                run_dir = Path(args.runs) / args.protocol / f"{preset}-seed{seed}"
-                results.append(train_once(Path("configs/fashion_mnist") / f"{preset}.yaml", overrides, run_dir))
-                counts.append(stages(run_dir) if preset.startswith("ccp") else 0)
-            test = [r["test"] for r in results]
-            steps = [r["steps"] for r in results]
-            rows.append(f"| {loss} | {'CCP' if preset.startswith('ccp') else 'base'} | "
-                        f"{mean_std([t['map@r'] for t in test])} | {mean_std([t['precision@1'] for t in test])} | "
-                        f"{mean_std(counts) if preset.startswith('ccp') else '–'} | {mean_std(steps)} |")  # fmt: skip
-            print(rows[-1], flush=True)
-    emit([command_line(), "", f"{args.protocol}, seeds {args.seeds}, test split", "",
+    for loss, kind, preset in cells:
+        results, counts = [], []
+        for seed in args.seeds:
+            overrides = {**base, "train__seed": seed}
+            if args.protocol != "fmnist_zero_shot":
+                overrides["protocol__fold"] = seed % 4
+            if kind != "CCP":
+                overrides = {k: v for k, v in overrides.items() if not k.startswith("method__")}
+            if kind == "untrained":
+                overrides = untrained_overrides(overrides)
+            run_dir = Path(args.runs) / tag / f"{'untrained' if kind == 'untrained' else preset}-seed{seed}"
+            results.append(train_once(Path("configs/fashion_mnist") / f"{preset}.yaml", overrides, run_dir))
+            counts.append(stages(run_dir) if kind == "CCP" else 0)
+        test = [r["test"] for r in results]
+        steps = [r["steps"] for r in results]
+        rows.append(f"| {loss} | {kind} | "
+                    f"{mean_std([t['map@r'] for t in test])} | {mean_std([t['precision@1'] for t in test])} | "
+                    f"{mean_std(counts) if kind == 'CCP' else '–'} | {mean_std(steps)} |")  # fmt: skip
+        print(rows[-1], flush=True)
+    emit([command_line(), "", f"{tag}, seeds {args.seeds}, test split", "",
           "| loss | method | map@r | precision@1 | stages | steps |", "|---|---|---:|---:|---:|---:|", *rows],
          args.write)  # fmt: skip
 

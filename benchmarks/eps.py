@@ -2,7 +2,7 @@
 
     python benchmarks/eps.py --protocol digits_parity --seeds 0 1 2
     python benchmarks/eps.py --protocol fmnist_superclass --seeds 0 1 2 --set train.epochs=1
-    python benchmarks/eps.py --protocol glyphs_base_letter --glyphs ~/.cache/deepmetric/glyphs
+    python benchmarks/eps.py --protocol glyphs_base_letter --glyphs ~/.cache/deepmetric/glyphs [--glyph-fonts 160]
     python benchmarks/eps.py --protocol fmnist_zero_shot          # what EPS does to ordinary retrieval
 
 Superclass protocols train on coarse labels and report ``fine/nmi``, ``fine/recall@1``, ``coarse/recall@1`` and the
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _glyphs import GLYPH_DATA  # benchmarks/_glyphs.py
-from _report import command_line, emit, mean_std, train_once  # benchmarks/_report.py
+from _glyphs import GLYPH_DATA, glyph_csv  # benchmarks/_glyphs.py
+from _report import add_study_arguments, command_line, emit, mean_std, overrides_from, train_once
 
 LOSSES = ("triplet", "margin", "contrastive", "multi_similarity")
 DIGITS = {  # digits: 8 × 8 images, parity as the coarse label, a 50 / 50 stratified image split
@@ -58,28 +58,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
     ap.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--glyphs", help="root of a glyph benchmark build (its index.csv)")
-    ap.add_argument("--runs", default="runs/eps")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--write", help="append the table to this markdown file")
+    add_study_arguments(ap, runs="runs/eps")
     args = ap.parse_args(argv)
     base, metrics = PROTOCOLS[args.protocol]
     overrides = {**base, "report__enabled": False}
     if args.protocol == "glyphs_base_letter":
-        if not args.glyphs:
-            raise SystemExit("--glyphs ROOT is required (build it with ../shared/benchmarks/glyphs)")
-        overrides["data__root"] = str(Path(args.glyphs).expanduser() / "index.csv")
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key.replace(".", "__")] = value
+        overrides["data__root"] = str(glyph_csv(args.glyphs, split=None, fonts=args.glyph_fonts or None))
+    overrides.update(overrides_from(args.set))
+    tag = f"{args.protocol}-f{args.glyph_fonts}" if args.protocol == "glyphs_base_letter" else args.protocol
     rows = []
     for loss in args.losses:
         for mode in ("vanilla", "eps"):
             preset = Path("configs/fashion_mnist") / f"{mode}_{loss}.yaml"
             results = []
             for seed in args.seeds:
-                run_dir = Path(args.runs) / args.protocol / f"{mode}_{loss}-seed{seed}"
+                run_dir = Path(args.runs) / tag / f"{mode}_{loss}-seed{seed}"
                 results.append(train_once(preset, {**overrides, "train__seed": seed}, run_dir)["test"])
             cells = [mean_std([r[m] for r in results]) for m in metrics]
             rows.append(f"| {loss} | {mode} | " + " | ".join(cells) + " |")
@@ -87,7 +80,7 @@ def main(argv=None):
     lines = [
         command_line(),
         "",
-        f"{args.protocol}, seeds {args.seeds}, test split",
+        f"{tag}, seeds {args.seeds}, test split",
         "",
         "| loss | positives | " + " | ".join(metrics) + " |",
         "|---|---|" + "---:|" * len(metrics),
