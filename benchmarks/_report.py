@@ -30,6 +30,7 @@ def mean_std(values: list[float]) -> str:
 def train_once(preset, overrides: dict, run_dir) -> dict:
     """Train ``preset`` into ``run_dir`` (resuming an interrupted run, reusing a finished one); its metrics.json."""
     import json
+    import shutil
     from pathlib import Path
 
     import deepmetric
@@ -38,6 +39,8 @@ def train_once(preset, overrides: dict, run_dir) -> dict:
     if (run_dir / "metrics.json").is_file():
         return json.loads((run_dir / "metrics.json").read_text())
     resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
+    if resume is None and run_dir.is_dir():  # killed before its first checkpoint: nothing to continue
+        shutil.rmtree(run_dir)
     return deepmetric.train(None if resume else preset, output=run_dir, resume=resume, quiet=True, **overrides)[1]
 
 
