@@ -38,7 +38,8 @@ def glyph_csv(root: str | Path, *, split: str | None = "classes", fonts: int | N
         keep = set(random.Random(0).sample(ids, min(fonts, len(ids))))
         rows = [r for r in rows if r["font_id"] in keep]
     if scripts:
-        rows = [r for r in rows if r["script"] in set(scripts)]
+        wanted = set(scripts)
+        rows = [r for r in rows if r["script"] in wanted]
     fields = list(rows[0].keys())
     if split == "classes":
         splits = json.loads((root / "splits.json").read_text())

@@ -105,7 +105,7 @@ class TrainConfig:
     select_metric: str = "map@r"
     select_split: str = "val"  # "val", or "test" (leaks; recorded in metrics.json)
     amp: bool = False  # mixed precision on CUDA (loss math in float32)
-    dtype: str = "float32"  # float32 | float64 (numerical checks; slower, no amp)
+    dtype: str = "float32"  # float32 | float64 (numerical checks; excludes amp)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tensorboard: bool = False
 
