@@ -67,3 +67,26 @@ def untrained_overrides(overrides: dict) -> dict:
     """``overrides`` for a run that evaluates the network as initialised (or as loaded from ``model.weights``):
     one step at learning rate 1e-12, since a run needs a step; what a method adds is measured against it."""
     return {**overrides, "train__max_steps": 1, "optim__lr": 1e-12}
+
+
+def median_step_times(methods: dict, batches: list[dict], steps: int, repeats: int) -> dict[str, float]:
+    """Median seconds of one training step (forward, loss, backward, optimiser step, ``on_step_end``) for each
+    ``name: (method, optimiser)``; the methods alternate ``repeats`` times in this process, ``steps`` steps each
+    (the first two of each block are warm-up), so machine noise hits them alike."""
+    import time
+
+    results = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, (method, opt) in methods.items():
+            method.train()
+            times = []
+            for i in range(steps):
+                t0 = time.perf_counter()
+                out = method.training_step(batches[i % len(batches)])
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                opt.step()
+                method.on_step_end(i + 1)
+                times.append(time.perf_counter() - t0)
+            results[name].append(statistics.median(times[2:]))
+    return {name: statistics.median(v) for name, v in results.items()}

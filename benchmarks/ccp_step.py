@@ -16,7 +16,7 @@ import statistics
 import time
 
 import torch
-from _report import command_line, emit  # benchmarks/_report.py
+from _report import command_line, emit, median_step_times  # benchmarks/_report.py
 
 from deepmetric.losses import MarginContrastiveLoss
 from deepmetric.methods import StandardMethod
@@ -36,19 +36,6 @@ def make(kind: str, args, num_classes: int = 0, per_class: int = 0):
             method.bank.proxies.normal_()
         method.proximal.anchor()  # λ(θ − θ̄) on, as in every stage after the first
     return method, torch.optim.Adam(method.param_groups(1e-5, 1e-4))
-
-
-def time_steps(method, opt, batches, steps: int) -> float:
-    times = []
-    for i in range(steps):
-        images, labels = batches[i % len(batches)]
-        t0 = time.perf_counter()
-        out = method.training_step({"views": [images], "label": labels})
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[2:])
 
 
 def kcenter_time(repeats: int = 5) -> float:
@@ -77,18 +64,11 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     n = args.classes * args.per_class
     labels = torch.arange(args.classes).repeat_interleave(args.per_class)
-    batches = [(torch.randn(n, 3, args.size, args.size, generator=g), labels) for _ in range(4)]
+    batches = [{"views": [torch.randn(n, 3, args.size, args.size, generator=g)], "label": labels} for _ in range(4)]
     methods = {"base": make("base", args), "CCP, 75 × 8 proxies": make("ccp", args, 75, 8),
                "CCP, 8,489 × 4 proxies": make("ccp", args, 8_489, 4)}  # fmt: skip
-    results = {kind: [] for kind in methods}
-    for _ in range(args.repeats):
-        for kind, (method, opt) in methods.items():
-            method.train()
-            results[kind].append(time_steps(method, opt, batches, args.steps))
-    base = statistics.median(results["base"])
-    rows = [
-        f"| {kind} | {statistics.median(v):.4f} | {statistics.median(v) / base:.3f} |" for kind, v in results.items()
-    ]
+    results = median_step_times(methods, batches, args.steps, args.repeats)
+    rows = [f"| {kind} | {t:.4f} | {t / results['base']:.3f} |" for kind, t in results.items()]
     kc = kcenter_time()
     emit([
         command_line(), "",

@@ -11,11 +11,9 @@ view B) and the decorrelation regressors. A step = forward, losses, backward, Ad
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from _report import command_line, emit  # benchmarks/_report.py
+from _report import command_line, emit, median_step_times  # benchmarks/_report.py
 
 from deepmetric.losses import DivaMarginLoss
 from deepmetric.methods import StandardMethod
@@ -37,20 +35,6 @@ def make(kind: str, args):
     return method, torch.optim.Adam(method.param_groups(1e-4, 4e-4))
 
 
-def time_steps(method, opt, batches, steps: int) -> float:
-    times = []
-    for i in range(steps):
-        view_a, view_b, labels = batches[i % len(batches)]
-        t0 = time.perf_counter()
-        out = method.training_step({"views": [view_a, view_b], "label": labels})
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        method.on_step_end(i + 1)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[2:])
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="small_resnet")
@@ -68,14 +52,11 @@ def main(argv=None):
     n = args.classes * args.per_class
     labels = torch.arange(args.classes).repeat_interleave(args.per_class)
     shape = (n, 3, args.size, args.size)
-    batches = [(torch.randn(shape, generator=g), torch.randn(shape, generator=g), labels) for _ in range(4)]
+    batches = [{"views": [torch.randn(shape, generator=g), torch.randn(shape, generator=g)], "label": labels}
+               for _ in range(4)]  # fmt: skip
     methods = {kind: make(kind, args) for kind in ("margin", "diva")}
-    results = {kind: [] for kind in methods}
-    for _ in range(args.repeats):
-        for kind, (method, opt) in methods.items():
-            method.train()
-            results[kind].append(time_steps(method, opt, batches, args.steps))
-    m, d = statistics.median(results["margin"]), statistics.median(results["diva"])
+    results = median_step_times(methods, batches, args.steps, args.repeats)
+    m, d = results["margin"], results["diva"]
     emit([
         command_line(), "",
         f"{args.backbone} (width {args.width}) on {args.size}² RGB, batch {args.classes} × {args.per_class} = {n}, "
