@@ -19,7 +19,7 @@ and ``margin_dw.yaml`` (PML's MarginLoss with β fixed at 1.2, a weaker baseline
 The first row is the network before DML training (random initialisation, or the pretrained backbone with a random
 head), the reference both methods should improve on. Each DiVA run is scored three ways on test: with the preset's
 test weights, with each head alone, and with head weights chosen on the *validation* split (discriminative weight 1,
-every other head in {0, 0.5, 1}; best val ``map@r``). ``--ablation`` trains the paper's ablation instead: the
+every other head in {0, 0.25, 0.5, 1}; best val ``map@r``). ``--ablation`` trains the paper's ablation instead: the
 discriminative task alone, plus each auxiliary task (with its decorrelation pair), all tasks, and all tasks without
 decorrelation; a disabled task's head gets test weight 0. Each cell is mean ± std over the seeds. Runs are kept in
 ``--runs`` and reused.
@@ -44,6 +44,7 @@ from deepmetric.methods.diva import HEADS
 
 PRESETS = Path("configs/fashion_mnist")
 AUX = ("selfsimilarity", "shared", "intra")
+AUX_WEIGHTS = (0.0, 0.25, 0.5, 1.0)  # test weights tried for each auxiliary head (the discriminative one has 1)
 ALPHA = {"selfsimilarity": "alpha_ssl", "shared": "alpha_shared", "intra": "alpha_intra"}
 GLYPHS = {
     **GLYPH_DATA, "protocol__name": "official", "protocol__val_by": "classes", "protocol__n_folds": 4,
@@ -78,12 +79,12 @@ def combined(heads: dict[str, torch.Tensor], weights: dict[str, float]) -> torch
 
 
 def val_chosen_weights(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """Head weights with the best validation map@r (discriminative 1, others in {0, 0.5, 1}) and the test metrics
+    """Head weights with the best validation map@r (discriminative 1, others in ``AUX_WEIGHTS``) and the test metrics
     of the embedding they give."""
     trainer = load_trainer(run_dir)
     val, test = trainer.embed("val"), trainer.embed("test")
     best, best_value = None, -1.0
-    for values in itertools.product((0.0, 0.5, 1.0), repeat=len(AUX)):
+    for values in itertools.product(AUX_WEIGHTS, repeat=len(AUX)):
         weights = {"discriminative": 1.0, **dict(zip(AUX, values, strict=True))}
         value = retrieval_metrics(combined(val.heads, weights), val.labels, ks=(1,), metrics=("map@r",))["map@r"]
         if value > best_value:
@@ -104,6 +105,7 @@ def main(argv=None):
     ap.add_argument(
         "--no-fixed-beta", action="store_true", help="skip the fixed-β margin baseline (saves a run per seed)"
     )
+    ap.add_argument("--head-dim", type=int, default=32, help="DiVA's size per head; the baselines get 4 × this")
     add_study_arguments(ap, runs="runs/diva")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
@@ -116,6 +118,8 @@ def main(argv=None):
         tag = f"{args.protocol}-f{args.glyph_fonts}"
     if args.protocol == "glyphs_pretrained":
         base["model__weights"] = str(pretrained_backbone(args.glyphs))
+    if args.head_dim != 32:
+        base["model__embedding_dim"] = args.head_dim
     base.update(overrides_from(args.set))
     if args.variant and any(not k.startswith("method__") for k in overrides_from(args.set)):
         raise SystemExit("--variant shares the baseline runs: give only method.* overrides, or use a new --runs")
@@ -128,6 +132,7 @@ def main(argv=None):
             overrides["protocol__fold"] = seed % 4
         if preset != "diva":
             overrides = {k: v for k, v in overrides.items() if not k.startswith("method__")}
+            overrides["model__embedding_dim"] = 4 * args.head_dim
         run_dir = runs / tag / f"{name}-seed{seed}"
         return train_once(PRESETS / f"{preset}.yaml", overrides, run_dir)["test"], run_dir
 
@@ -160,15 +165,16 @@ def main(argv=None):
         chosen.append(metrics)
         chosen_weights.append(weights)
 
+    total = 4 * args.head_dim
     start = "pretrained backbone" if args.protocol == "glyphs_pretrained" else "untrained network"
     rows = [
-        row(f"{start}, no DML training (128-d)", initial),
-        row("margin baseline, learnable β (128-d)", margin),
-        *([row("margin, β fixed at 1.2 (PML MarginLoss, 128-d)", margin_fixed)] if margin_fixed else []),
-        row("DiVA, preset test weights (4 × 32-d)", diva),
+        row(f"{start}, no DML training ({total}-d)", initial),
+        row(f"margin baseline, learnable β ({total}-d)", margin),
+        *([row(f"margin, β fixed at 1.2 (PML MarginLoss, {total}-d)", margin_fixed)] if margin_fixed else []),
+        row(f"DiVA, preset test weights (4 × {args.head_dim}-d)", diva),
         row("DiVA, head weights chosen on validation", chosen),
     ]
-    rows += [row(f"DiVA head `{h}` alone (32-d)", diva, prefix=f"{h}/", nmi=False) for h in HEADS]
+    rows += [row(f"DiVA head `{h}` alone ({args.head_dim}-d)", diva, prefix=f"{h}/", nmi=False) for h in HEADS]
     picked = ", ".join("(" + ", ".join(f"{w[h]:g}" for h in HEADS) + ")" for w in chosen_weights)
     emit([*lines, head, "|---|---:|---:|---:|", *rows, "",
           f"Weights chosen on validation per seed ({', '.join(HEADS)}): {picked}."], args.write)  # fmt: skip
