@@ -118,8 +118,11 @@ def main(argv=None):
         tag = f"{args.protocol}-f{args.glyph_fonts}"
     if args.protocol == "glyphs_pretrained":
         base["model__weights"] = str(pretrained_backbone(args.glyphs))
-    if args.head_dim != 32:
+    if args.head_dim < 1:
+        raise SystemExit(f"--head-dim must be ≥ 1, got {args.head_dim}")
+    if args.head_dim != 32:  # every run's size changes, the baselines' too: their own folders
         base["model__embedding_dim"] = args.head_dim
+        tag += f"-d{args.head_dim}"
     base.update(overrides_from(args.set))
     if args.variant and any(not k.startswith("method__") for k in overrides_from(args.set)):
         raise SystemExit("--variant shares the baseline runs: give only method.* overrides, or use a new --runs")

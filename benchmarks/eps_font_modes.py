@@ -23,10 +23,15 @@ from deepmetric.evaluation.diagnostics import spread_ratio
 
 def font_categories(glyphs: Path, table_csv: str) -> np.ndarray:
     """The style category of every row of the run's CSV, in row order."""
+    if not (glyphs / "fonts.csv").is_file():
+        raise SystemExit(f"{glyphs}/fonts.csv not found: --glyphs must be the glyph build the runs were trained on")
     with open(glyphs / "fonts.csv", newline="") as f:
         category = {r["font_id"]: r["category"] for r in csv.DictReader(f)}
     with open(table_csv, newline="") as f:
-        return np.array([category[r["font_id"]] for r in csv.DictReader(f)])
+        rows = list(csv.DictReader(f))
+    if rows and "font_id" not in rows[0]:
+        raise SystemExit(f"{table_csv} has no font_id column: not a glyph benchmark run")
+    return np.array([category[r["font_id"]] for r in rows])
 
 
 def main(argv=None):
@@ -41,8 +46,8 @@ def main(argv=None):
         styles = font_categories(Path(args.glyphs).expanduser(), trainer.cfg.data.root)
         emb = trainer.embed("test")
         characters = emb.labels  # the fine label (character); training used the base letter
-        _, groups = np.unique([f"{c}/{s}" for c, s in zip(characters, styles[emb.indices], strict=True)],
-                              return_inverse=True)  # fmt: skip
+        _, style_codes = np.unique(styles[emb.indices], return_inverse=True)
+        _, groups = np.unique(np.stack([characters, style_codes]), axis=1, return_inverse=True)
         ratio = spread_ratio(emb.embeddings, groups, characters)
         rows.append(f"| {run_dir.name} | {ratio:.3f} |")
         print(rows[-1], flush=True)
