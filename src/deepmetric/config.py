@@ -188,6 +188,7 @@ def _wrap(e: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigE
     if "not in" in msg or "Missing key" in msg:
         close = difflib.get_close_matches(key, _all_keys(schema), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
+        msg = msg.split(" Did you mean")[0].rstrip(".") if close else msg  # Python's own suggestion names the bare key
     return ConfigError(f"{source}: invalid config key {key!r}: {msg}{hint}")
 
 

@@ -42,6 +42,13 @@ def test_errors_name_key_and_value(overrides, match):
         load_config(overrides=overrides)
 
 
+def test_unknown_key_gives_one_suggestion_with_full_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["train.epochz=3"])
+    assert str(info.value).lower().count("did you mean") == 1
+    assert "did you mean train.epochs" in str(info.value)
+
+
 def test_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
