@@ -1,5 +1,6 @@
-"""Every paper-protocol preset (CUB200, CARS196, SOP: DiVA and its margin baseline, EPS and its vanilla twins) trains
-and evaluates end to end on a tiny fixture in the dataset's official layout. The ImageNet ResNet-50 (timm, a GPU
+"""Every paper-protocol preset (CUB200, CARS196, SOP: DiVA and its margin baseline, EPS and its vanilla twins; the MLRC
+presets of CCP and its baselines, In-Shop included) trains and evaluates end to end on a tiny fixture in the
+dataset's official layout. The ImageNet ResNet-50 (timm, a GPU
 machine) is swapped for the small CNN and the sizes shrink; method, loss, miner, sampler, protocol and schedule are
 the preset's own."""
 
@@ -11,11 +12,11 @@ import pytest
 
 import deepmetric
 from deepmetric.config import load_config
-from tests.unit.data.layouts import write_cars, write_cub, write_sop
+from tests.unit.data.layouts import write_cars, write_cub, write_inshop, write_sop
 
 CONFIGS = Path(__file__).parents[2] / "configs"
-WRITERS = {"cub200": write_cub, "cars196": write_cars, "sop": write_sop}
-PRESETS = [p for d in WRITERS for p in sorted((CONFIGS / d).glob("*.yaml")) if not p.name.startswith("_")]
+PAPERS = ("cub200", "cars196", "sop")
+PRESETS = [p for d in (*PAPERS, "mlrc") for p in sorted((CONFIGS / d).glob("*.yaml")) if not p.name.startswith("_")]
 SMALL = {
     "model__backbone": "small_cnn", "model__pretrained": False, "model__width": 8, "augment__size": 16,
     "augment__resize": 20, "data__load_size": 24, "data__classes_per_batch": 4, "data__workers": 0,
@@ -27,26 +28,28 @@ SMALL = {
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
-    train = {"cub200": (400, 100), "cars196": (392, 98), "sop": (80, 20)}  # CUB / CARS split by class number
-    return {name: write(root / name, train=train[name], test=(24, 6), images=True) for name, write in WRITERS.items()}
+    return {  # CUB and CARS split by class number: 100 and 98 training classes
+        "cub200": write_cub(root / "cub200", train=(400, 100), test=(24, 6), images=True),
+        "cars196": write_cars(root / "cars196", train=(392, 98), test=(24, 6), images=True),
+        "sop": write_sop(root / "sop", train=(80, 20), test=(24, 6), images=True),
+        "inshop": write_inshop(root / "inshop", train=(80, 20), query=(12, 6), gallery=(12, 6), images=True),
+    }
 
 
 def test_every_dataset_has_diva_its_baseline_and_eps_with_twins():
     names = {(p.parent.name, p.stem) for p in PRESETS}
     losses = ("triplet", "margin", "contrastive", "multi_similarity")
     expected = {"diva", "margin"} | {f"{kind}_{loss}" for kind in ("eps", "vanilla") for loss in losses}
-    for dataset in WRITERS:
+    for dataset in PAPERS:
         assert {(dataset, n) for n in expected} <= names
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_preset_trains_and_evaluates(preset, fixtures, tmp_path):
-    dataset = preset.parent.name
     cfg = load_config(preset)
-    assert cfg.data.name == dataset and cfg.model.backbone == "timm:resnet50" and cfg.model.pretrained
-    run, metrics = deepmetric.train(
-        preset, output=tmp_path / "run", quiet=True, data__root=str(fixtures[dataset]), **SMALL
-    )
+    assert cfg.data.name in fixtures and cfg.model.backbone == "timm:resnet50" and cfg.model.pretrained
+    root = str(fixtures[cfg.data.name])
+    run, metrics = deepmetric.train(preset, output=tmp_path / "run", quiet=True, data__root=root, **SMALL)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if r["type"] == "train"]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
