@@ -27,15 +27,43 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {std:.3f}"
 
 
+def config_differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """``key: stored → wanted`` for every setting of ``stored`` that ``wanted`` gives another value (keys only one of
+    them has are skipped: a setting added to the schema after a run was made)."""
+    out = []
+    for key, value in stored.items():
+        if key not in wanted:
+            continue
+        if isinstance(value, dict) and isinstance(wanted[key], dict) and value and wanted[key]:
+            out += config_differences(value, wanted[key], f"{prefix}{key}.")
+        elif value != wanted[key]:
+            out.append(f"{prefix}{key}: {value!r} → {wanted[key]!r}")
+    return out
+
+
 def train_once(preset, overrides: dict, run_dir) -> dict:
-    """Train ``preset`` into ``run_dir`` (resuming an interrupted run, reusing a finished one); its metrics.json."""
+    """Train ``preset`` into ``run_dir`` (resuming an interrupted run, reusing a finished one); its metrics.json.
+
+    A run is only reused or resumed when it was made with the settings asked for: otherwise this stops and names the
+    settings that differ, instead of passing off a run made for another study as this one."""
     import json
     import shutil
     from pathlib import Path
 
+    import yaml
+
     import deepmetric
+    from deepmetric.config import load_config, to_yaml
 
     run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").is_file():
+        wanted = yaml.safe_load(
+            to_yaml(load_config(preset, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]))
+        )
+        stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if differences := config_differences(stored, wanted):
+            raise SystemExit(f"{run_dir} was made with other settings ({'; '.join(differences)}): use another --runs "
+                             "folder, or delete the run to retrain it")  # fmt: skip
     if (run_dir / "metrics.json").is_file():
         return json.loads((run_dir / "metrics.json").read_text())
     resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
