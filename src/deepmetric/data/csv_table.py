@@ -4,7 +4,8 @@ Required columns ``path`` and ``label``; optional ``split`` (train / test / quer
 ``is_gallery`` (0/1, true/false) and ``coarse_label``. Relative paths are relative to the CSV's folder. Labels
 and coarse labels may be integers or strings (strings are mapped to integers in sorted order, the names kept).
 Other column names can be chosen with ``label_column`` and ``coarse_column`` (e.g. the glyph benchmark's
-``base_letter``).
+``base_letter``). ``name_column`` (default ``class_name`` when present) gives integer labels display names for
+reports, e.g. the glyph benchmark's ``char``; it must name each class one way.
 """
 
 from __future__ import annotations
@@ -43,8 +44,21 @@ def _flags(values: list[str], column: str, path: Path) -> np.ndarray:
     return np.array(out, dtype=bool)
 
 
+def _class_names(labels: np.ndarray, names: list[str], column: str, path: Path) -> dict[int, str]:
+    """``{label: name}`` from a column naming each row's class; a class named two ways is an error."""
+    out: dict[int, str] = {}
+    for row, (label, name) in enumerate(zip(labels.tolist(), names, strict=True), start=2):
+        if out.setdefault(label, name) != name:
+            raise ValueError(f"{path}:{row}: column {column!r} names class {label} both {out[label]!r} and {name!r}")
+    return out
+
+
 def load(
-    root=None, file: str = "index.csv", label_column: str = "label", coarse_column: str | None = None
+    root=None,
+    file: str = "index.csv",
+    label_column: str = "label",
+    coarse_column: str | None = None,
+    name_column: str | None = None,
 ) -> ImageTable:
     """Load ``root`` if it is a CSV file, else ``root/file``."""
     if root is None:
@@ -66,6 +80,11 @@ def load(
     base = path.parent
     paths = [r["path"] if Path(r["path"]).is_absolute() else str(base / r["path"]) for r in rows]
     labels, class_names = _encode([r[label_column] for r in rows], label_column, path)
+    name_column = name_column or ("class_name" if "class_name" in columns else None)
+    if name_column:
+        if name_column not in columns:
+            raise ValueError(f"{path}: name column {name_column!r} not found; columns are {columns}")
+        class_names = _class_names(labels, [r[name_column] for r in rows], name_column, path)
     split = np.array([r.get("split") or "all" for r in rows], dtype=object)
     bad = sorted(set(split.tolist()) - set(SPLIT_NAMES))
     if bad:

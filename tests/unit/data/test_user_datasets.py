@@ -83,6 +83,19 @@ def test_csv_with_strings_splits_flags_and_coarse(tmp_path):
     assert t2.coarse_labels.tolist() == [0, 1, 0, 1, 0, 1]
 
 
+def test_csv_class_names_from_a_column(tmp_path):
+    (tmp_path / "index.csv").write_text(
+        "path,label,char,class_name\na.png,7,é,e-acute\nb.png,7,é,e-acute\nc.png,3,ß,sz\n"
+    )
+    assert load_dataset("csv", tmp_path).class_names == {7: "e-acute", 3: "sz"}  # class_name by default
+    assert load_dataset("csv", tmp_path, name_column="char").class_names == {7: "é", 3: "ß"}
+    (tmp_path / "index.csv").write_text("path,label,char\na.png,7,é\nb.png,7,e\n")
+    with pytest.raises(ValueError, match=r"index\.csv:3: column 'char' names class 7 both 'é' and 'e'"):
+        load_dataset("csv", tmp_path, name_column="char")
+    with pytest.raises(ValueError, match="name column 'glyph' not found"):
+        load_dataset("csv", tmp_path, name_column="glyph")
+
+
 @pytest.mark.parametrize(
     "content,match",
     [
