@@ -13,21 +13,35 @@ GLYPH_DATA = {"data__name": "csv", "data__channels": 1, "data__load_size": 32, "
               "augment__eval": "none"}  # fmt: skip
 
 
-def glyph_csv(root: str | Path, *, split: str | None = "classes", fonts: int | None = None, scripts=None) -> Path:
+def glyph_csv(
+    root: str | Path,
+    *,
+    split: str | None = "classes",
+    fonts: int | None = None,
+    scripts=None,
+    test_scripts=(),
+    shared_letters: bool = False,
+) -> Path:
     """A CSV over the build in ``root`` (written once, beside its index.csv so relative paths hold).
 
     ``split``: ``classes`` adds a ``split`` column from splits.json (185 train / 185 test characters), ``images``
-    one that tests every 10th image of each character (all characters train), ``None`` none; ``fonts``: keep the
+    one that tests every 10th image of each character (all characters train), ``scripts`` one that tests the
+    characters of ``test_scripts`` and trains on the others (unseen scripts), ``None`` none; ``fonts``: keep the
     images of that many fonts, drawn with ``random.Random(0)`` from the sorted font ids; ``scripts``: keep only
-    these scripts (``Latin``, ``Greek``, ``Cyrillic``, ``Digit``).
+    these scripts (``Latin``, ``Greek``, ``Cyrillic``, ``Digit``); ``shared_letters``: keep only the base letters
+    that two or more characters share (``e``: e, é, è, ê, ë, …), the classes made of several modes.
     """
     root = Path(root).expanduser()
     if not (root / "index.csv").is_file():
         raise SystemExit(f"{root}/index.csv not found: build the glyph benchmark (../shared/benchmarks/glyphs)")
-    if split not in ("classes", "images", None):
-        raise ValueError(f"split must be 'classes', 'images' or None, got {split!r}")
-    first = {"classes": "zero_shot", "images": "image_split", None: "all"}[split]
+    if split not in ("classes", "images", "scripts", None):
+        raise ValueError(f"split must be 'classes', 'images', 'scripts' or None, got {split!r}")
+    if (split == "scripts") != bool(test_scripts):
+        raise ValueError("give test_scripts exactly when split='scripts'")
+    first = {"classes": "zero_shot", "images": "image_split", "scripts": "cross_script", None: "all"}[split]
+    first += "".join(f"-test_{s.lower()}" for s in sorted(test_scripts))
     parts = [first, *(s.lower() for s in sorted(scripts or ()))]
+    parts += ["shared_letters"] if shared_letters else []
     out = root / ("-".join(parts) + (f"-f{fonts}" if fonts else "") + ".csv")
     if out.is_file():
         return out
@@ -40,11 +54,18 @@ def glyph_csv(root: str | Path, *, split: str | None = "classes", fonts: int | N
     if scripts:
         wanted = set(scripts)
         rows = [r for r in rows if r["script"] in wanted]
+    if shared_letters:
+        characters: dict[str, set] = {}
+        for r in rows:
+            characters.setdefault(r["base_letter"], set()).add(r["label"])
+        rows = [r for r in rows if len(characters[r["base_letter"]]) > 1]
     fields = list(rows[0].keys())
     if split == "classes":
         splits = json.loads((root / "splits.json").read_text())
         split_of = {**dict.fromkeys(splits["train"], "train"), **dict.fromkeys(splits["test"], "test")}
         rows = [{**r, "split": split_of[r["path"].split("/")[0]]} for r in rows]
+    elif split == "scripts":
+        rows = [{**r, "split": "test" if r["script"] in set(test_scripts) else "train"} for r in rows]
     elif split == "images":
         seen: dict[str, int] = {}
         for r in rows:

@@ -12,6 +12,9 @@ and ``margin_dw.yaml`` (PML's MarginLoss with β fixed at 1.2, a weaker baseline
 - ``fmnist_zero_shot``: Fashion-MNIST classes 0–4 train, 5–9 test; validation = 20 % of the training images.
 - ``glyphs_zero_shot``: the glyph benchmark's 185 / 185 character split (``--glyph-fonts`` fonts), trained from scratch;
   validation = one of 4 class-disjoint folds of the training characters (seed s → fold s mod 4).
+- ``glyphs_cross_script``: trained from scratch on the Latin characters, tested on the unseen *scripts* (Greek,
+  Cyrillic, digits): test classes unlike the training ones, as Fashion-MNIST's shoes and bags are unlike its clothes;
+  validation as above (class-disjoint folds of the Latin characters).
 - ``glyphs_pretrained``: a stand-in for ImageNet pretraining. The backbone is first trained (normalised softmax) on
   the Greek, Cyrillic and digit characters; DiVA and the baseline then start from it and are trained and tested on
   the Latin characters only (121 train / 120 unseen test, as split by the benchmark), validation as above.
@@ -95,7 +98,11 @@ def val_chosen_weights(run_dir: Path) -> tuple[dict[str, float], dict[str, float
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocol", choices=("fmnist_zero_shot", "glyphs_zero_shot", "glyphs_pretrained"), required=True)
+    ap.add_argument(
+        "--protocol",
+        choices=("fmnist_zero_shot", "glyphs_zero_shot", "glyphs_cross_script", "glyphs_pretrained"),
+        required=True,
+    )
     ap.add_argument("--ablation", action="store_true", help="train the task / decorrelation ablation instead")
     ap.add_argument(
         "--variant",
@@ -114,7 +121,11 @@ def main(argv=None):
     tag = args.protocol
     if args.protocol != "fmnist_zero_shot":
         scripts = ("Latin",) if args.protocol == "glyphs_pretrained" else None
-        data = glyph_csv(args.glyphs, fonts=args.glyph_fonts or None, scripts=scripts)
+        split = {"glyphs_cross_script": "scripts"}.get(args.protocol, "classes")
+        test_scripts = ("Greek", "Cyrillic", "Digit") if split == "scripts" else ()
+        data = glyph_csv(
+            args.glyphs, fonts=args.glyph_fonts or None, scripts=scripts, split=split, test_scripts=test_scripts
+        )
         base.update(GLYPHS, data__root=str(data))
         tag = f"{args.protocol}-f{args.glyph_fonts}"
     if args.protocol == "glyphs_pretrained":

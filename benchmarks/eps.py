@@ -3,6 +3,7 @@
     python benchmarks/eps.py --protocol digits_parity --seeds 0 1 2
     python benchmarks/eps.py --protocol fmnist_superclass --seeds 0 1 2 --set train.epochs=1
     python benchmarks/eps.py --protocol glyphs_base_letter --glyphs ~/.cache/deepmetric/glyphs [--glyph-fonts 160]
+    python benchmarks/eps.py --protocol glyphs_shared_letters   # only the base letters of two or more characters
     python benchmarks/eps.py --protocol fmnist_zero_shot          # what EPS does to ordinary retrieval
 
 Superclass protocols train on coarse labels and report ``fine/nmi``, ``fine/recall@1``, ``coarse/recall@1`` and the
@@ -40,6 +41,7 @@ PROTOCOLS = {
         },
         ("fine/nmi", "fine/recall@1", "coarse/recall@1", "spread_ratio"),
     ),
+    "glyphs_shared_letters": None,  # glyphs_base_letter on the base letters that several characters share
     "fmnist_zero_shot": (
         {
             "protocol__name": "zero_shot",
@@ -60,12 +62,15 @@ def main(argv=None):
     ap.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     add_study_arguments(ap, runs="runs/eps")
     args = ap.parse_args(argv)
-    base, metrics = PROTOCOLS[args.protocol]
+    glyphs = args.protocol.startswith("glyphs")
+    base, metrics = PROTOCOLS["glyphs_base_letter" if glyphs else args.protocol]
     overrides = {**base, "report__enabled": False}
-    if args.protocol == "glyphs_base_letter":
-        overrides["data__root"] = str(glyph_csv(args.glyphs, split=None, fonts=args.glyph_fonts or None))
+    if glyphs:
+        shared = args.protocol == "glyphs_shared_letters"
+        data = glyph_csv(args.glyphs, split=None, fonts=args.glyph_fonts or None, shared_letters=shared)
+        overrides["data__root"] = str(data)
     overrides.update(overrides_from(args.set))
-    tag = f"{args.protocol}-f{args.glyph_fonts}" if args.protocol == "glyphs_base_letter" else args.protocol
+    tag = f"{args.protocol}-f{args.glyph_fonts}" if glyphs else args.protocol
     rows = []
     for loss in args.losses:
         for mode in ("vanilla", "eps"):
