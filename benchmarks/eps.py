@@ -41,7 +41,6 @@ PROTOCOLS = {
         },
         ("fine/nmi", "fine/recall@1", "coarse/recall@1", "spread_ratio"),
     ),
-    "glyphs_shared_letters": None,  # glyphs_base_letter on the base letters that several characters share
     "fmnist_zero_shot": (
         {
             "protocol__name": "zero_shot",
@@ -58,7 +57,8 @@ PROTOCOLS = {
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
+    # glyphs_shared_letters: glyphs_base_letter on the base letters that several characters share
+    ap.add_argument("--protocol", choices=sorted([*PROTOCOLS, "glyphs_shared_letters"]), required=True)
     ap.add_argument("--losses", nargs="+", choices=LOSSES, default=list(LOSSES))
     add_study_arguments(ap, runs="runs/eps")
     args = ap.parse_args(argv)
