@@ -65,7 +65,8 @@ def glyph_csv(
         split_of = {**dict.fromkeys(splits["train"], "train"), **dict.fromkeys(splits["test"], "test")}
         rows = [{**r, "split": split_of[r["path"].split("/")[0]]} for r in rows]
     elif split == "scripts":
-        rows = [{**r, "split": "test" if r["script"] in set(test_scripts) else "train"} for r in rows]
+        tested = set(test_scripts)
+        rows = [{**r, "split": "test" if r["script"] in tested else "train"} for r in rows]
     elif split == "images":
         seen: dict[str, int] = {}
         for r in rows:

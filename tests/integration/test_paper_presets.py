@@ -1,8 +1,7 @@
 """Every paper-protocol preset (CUB200, CARS196, SOP: DiVA and its margin baseline, EPS and its vanilla twins; the MLRC
 presets of CCP and its baselines, In-Shop included) trains and evaluates end to end on a tiny fixture in the
-dataset's official layout. The ImageNet ResNet-50 (timm, a GPU
-machine) is swapped for the small CNN and the sizes shrink; method, loss, miner, sampler, protocol and schedule are
-the preset's own."""
+dataset's official layout. The ImageNet ResNet-50 (timm, a GPU machine) is swapped for the small CNN and the sizes
+shrink; method, loss, miner, sampler, protocol and schedule are the preset's own."""
 
 import json
 import math
