@@ -64,6 +64,7 @@ def cmd_train(args) -> int:
     if not main_process:
         return 0
     _print_metrics("test", metrics["test"])
+    _print_baseline(metrics)
     print(f"run directory: {run_dir}")
     if (run_dir / "report.html").is_file():
         print(f"report: {run_dir / 'report.html'}")
@@ -92,6 +93,23 @@ def cmd_mlrc(args) -> int:
 def _print_metrics(split: str, metrics: dict) -> None:
     shown = {k: v for k, v in metrics.items() if not k.startswith("num_")}
     print(f"{split} metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+
+BASELINE_KEYS = ("recall@1", "map@r", "nmi", "fine/recall@1", "fine/map@r", "coarse/recall@1")
+
+
+def _print_baseline(metrics: dict) -> None:
+    """The test metrics before training (and of a pretrained trunk's pooled features) beside the trained model's."""
+    baseline = metrics.get("baseline") or {}
+    if "test" not in baseline:
+        return
+    rows = [("trained (selected checkpoint)", metrics["test"]), ("baseline: model as built", baseline["test"])]
+    if "test" in baseline.get("trunk", {}):
+        rows.append(("baseline: pretrained trunk, pooled", baseline["trunk"]["test"]))
+    keys = [k for k in BASELINE_KEYS if k in metrics["test"]]
+    print("test".ljust(36) + "".join(k.rjust(15) for k in keys))
+    for name, values in rows:
+        print(name.ljust(36) + "".join(f"{values.get(k, float('nan')):15.4f}" for k in keys))
 
 
 def cmd_evaluate(args) -> int:

@@ -48,6 +48,8 @@ class ModelConfig:
     blocks: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     embedding_dim: int = 128
     normalize: bool = True
+    trainable_blocks: int | None = None  # partial fine-tuning: the last K trunk blocks (+ its last unit); None: all
+    channels_last: bool = False  # NHWC memory layout (about 2 × faster for EfficientNet-Lite on CPUs)
 
 
 @dataclass
@@ -106,8 +108,9 @@ class TrainConfig:
     select_split: str = "val"  # "val", or "test" (leaks; recorded in metrics.json)
     amp: bool = False  # mixed precision on CUDA (loss math in float32)
     dtype: str = "float32"  # float32 | float64 (numerical checks; excludes amp)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (CUDA, then Apple's MPS, then the CPU) | cpu | cuda | cuda:N | mps
     tensorboard: bool = False
+    baseline: bool = True  # score the model as built (and a pretrained trunk's pooled features) before step 1
 
 
 @dataclass
@@ -132,7 +135,7 @@ class ReportConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(normalization="auto"))
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -219,6 +222,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     except OmegaConfBaseException as e:
         raise _wrap(e, schema, str(path or "config")) from None
     validate(obj)
+    if obj.augment.normalization == "auto":  # the normalisation the backbone's weights expect (stored resolved)
+        from .models.backbones import backbone_normalization
+
+        obj.augment.normalization = backbone_normalization(obj.model.backbone)
     return obj
 
 
@@ -254,6 +261,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.lr={cfg.optim.lr!r} must be > 0")
     if cfg.train.dtype == "float64" and cfg.train.amp:
         raise ConfigError("train.amp (mixed precision) and train.dtype=float64 exclude each other")
+    if cfg.model.trainable_blocks is not None and cfg.model.trainable_blocks < 0:
+        raise ConfigError(f"model.trainable_blocks={cfg.model.trainable_blocks} must be ≥ 0 (or null: train all)")
     if cfg.train.epochs < 1 and not cfg.train.max_steps:
         raise ConfigError("train.epochs must be ≥ 1 (or set train.max_steps)")
 

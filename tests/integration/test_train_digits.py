@@ -40,7 +40,24 @@ def test_run_directory_contract(trained):
     assert on_disk["splits"]["test"]["classes"] == 5
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, metrics["steps"] + 1))
-    assert sum(r["type"] == "eval" and r["split"] == "val" for r in records) == 2
+    assert sum(r["type"] == "eval" and r["split"] == "val" and not r.get("baseline") for r in records) == 2
+    # the baseline: the model as built, before step 1, on validation and test (no pretrained trunk: no trunk part)
+    baseline = [r for r in records if r.get("baseline")]
+    assert [(r["step"], r["split"]) for r in baseline] == [(0, "val"), (0, "test")]
+    assert set(on_disk["baseline"]) == {"val", "test"}
+    assert on_disk["baseline"]["test"]["map@r"] == pytest.approx(baseline[1]["map@r"])
+    assert records.index(baseline[0]) < min(i for i, r in enumerate(records) if r["type"] == "train")
+
+
+def test_baseline_leaves_training_unchanged(digits_config, tmp_path):
+    """Scoring the model before step 1 draws nothing from the RNG: the trained weights are the same without it."""
+    runs = {}
+    for flag in ("true", "false"):
+        run_dir, metrics = deepmetric.train(digits_config, output=tmp_path / flag, quiet=True, train__max_steps=6,
+                                            train__baseline=flag, report__enabled="false")  # fmt: skip
+        runs[flag] = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["method"]
+        assert ("baseline" in metrics) == (flag == "true")
+    assert all(torch.equal(runs["true"][k], runs["false"][k]) for k in runs["true"])
 
 
 def test_training_learns_the_unseen_classes(trained):

@@ -4,8 +4,10 @@ Train presets: ``random_resized_crop`` (natural images: crop of scale ``scale`` 
 ``size``), ``pad_crop`` (small images: pad by ``padding`` and crop back to ``size``), ``none``; plus optional
 horizontal flip and colour jitter. Eval presets: ``resize_center_crop`` (shorter side to ``resize``, centre crop
 ``size``) and ``none`` (resize to ``size`` only if needed). Normalisation presets: ``imagenet`` (RGB, mean/std of
-ImageNet on 0–1), ``bninception`` (BGR, 0–255, mean 104/117/128), ``gray`` (0–1, mean 0.5, std 0.5), ``unit``
-(0–1).
+ImageNet on 0–1), ``bninception`` (BGR, 0–255, mean 104/117/128), ``gray`` (0–1, mean 0.5, std 0.5), ``edge``
+(0–255, mean 127, std 128: EfficientNet-Lite's weights; one value for every channel, so grey images stay one
+channel), ``unit`` (0–1). ``auto`` (a run config's default) is resolved when the config loads to the normalisation the
+backbone's weights expect (``edge`` for EfficientNet-Lite, ``imagenet`` otherwise).
 
 Randomness: a call with ``seed=s`` draws every parameter from a private RNG seeded with ``s`` (the global RNG is
 restored afterwards), so a training step's augmentation depends only on (run seed, step) and resumes exactly.
@@ -25,6 +27,7 @@ NORMALIZATIONS = {
     "imagenet": {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "bgr": False},
     "bninception": {"scale": 1.0, "mean": (104.0, 117.0, 128.0), "std": (1.0, 1.0, 1.0), "bgr": True},
     "gray": {"scale": 1 / 255, "mean": (0.5,), "std": (0.5,), "bgr": False},
+    "edge": {"scale": 1.0, "mean": (127.0,), "std": (128.0,), "bgr": False},  # EfficientNet-Lite (Google's edge models)
     "unit": {"scale": 1 / 255, "mean": (0.0,), "std": (1.0,), "bgr": False},
 }
 
@@ -41,7 +44,7 @@ class AugmentConfig:
     padding: int = 4
     flip: bool = True
     color_jitter: float = 0.0
-    normalization: str = "imagenet"
+    normalization: str = "imagenet"  # a run config's default is "auto", resolved by load_config to the backbone's
 
 
 class BatchAugment(torch.nn.Module):
@@ -53,6 +56,8 @@ class BatchAugment(torch.nn.Module):
             raise ValueError(f"augment.train must be one of {TRAIN_PRESETS}, got {cfg.train!r}")
         if cfg.eval not in EVAL_PRESETS:
             raise ValueError(f"augment.eval must be one of {EVAL_PRESETS}, got {cfg.eval!r}")
+        if cfg.normalization == "auto":
+            raise ValueError("augment.normalization='auto' must be resolved first (deepmetric.load_config does)")
         if cfg.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"augment.normalization must be one of {sorted(NORMALIZATIONS)}, got {cfg.normalization!r}"

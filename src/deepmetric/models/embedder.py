@@ -68,6 +68,7 @@ def build_embedder(
     backbone = build_backbone(
         m.backbone, in_channels=in_channels, pooling=m.pooling, freeze_bn=m.freeze_bn,
         pretrained=m.pretrained and load_pretrained, weights=m.weights if load_pretrained else None,
-        width=m.width, blocks=tuple(m.blocks), input_size=cfg.augment.size,
+        width=m.width, blocks=tuple(m.blocks), input_size=cfg.augment.size, trainable_blocks=m.trainable_blocks,
+        channels_last=m.channels_last,
     )  # fmt: skip
     return Embedder(backbone, heads or {"embedding": m.embedding_dim}, normalize=m.normalize)

@@ -20,13 +20,25 @@ from . import plots
 METRIC_ORDER = ("recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami")
 
 
-def _metric_rows(metrics: dict) -> list[tuple[str, str, str]]:
-    test, val = metrics.get("test", {}), metrics.get("val", {})
-    keys = [k for k in test if not k.startswith("num_")]
+def _metric_columns(metrics: dict) -> list[tuple[str, dict]]:
+    """(header, values) of the metrics table: the trained model on test and validation, then the baseline (the
+    model before training, and a pretrained trunk's pooled features) on test, so a reader sees what training added."""
+    columns = [("test", metrics.get("test", {})), ("validation (best)", metrics.get("val", {}))]
+    baseline = metrics.get("baseline") or {}
+    if "test" in baseline:
+        columns.append(("test, before training", baseline["test"]))
+    if "test" in baseline.get("trunk", {}):
+        columns.append(("test, pretrained trunk pooled (no head)", baseline["trunk"]["test"]))
+    return columns
+
+
+def _metric_rows(metrics: dict) -> list[tuple[str, ...]]:
+    columns = _metric_columns(metrics)
+    keys = [k for k in metrics.get("test", {}) if not k.startswith("num_")]
     keys.sort(key=lambda k: (k.split("/")[0] if "/" in k else "", METRIC_ORDER.index(k.split("/")[-1])
                              if k.split("/")[-1] in METRIC_ORDER else 99, k))  # fmt: skip
     fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
-    return [(k, fmt(test.get(k)), fmt(val.get(k))) for k in keys]
+    return [(k, *(fmt(values.get(k)) for _, values in columns)) for k in keys]
 
 
 def _image(table, index: int) -> np.ndarray:
@@ -91,7 +103,10 @@ def write_report(run_dir: str | Path, trainer=None) -> Path:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     figures = _figures(run_dir, trainer)
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{t}</td><td>{v}</td></tr>" for k, t, v in _metric_rows(metrics))
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _metric_rows(metrics)
+    )
+    header = "".join(f"<th>{html.escape(h)}</th>" for h, _ in _metric_columns(metrics))
     selected = metrics.get("selected", {})
     notes = [f"protocol: {metrics.get('protocol', '?')}", f"steps: {metrics.get('steps', '?')}"]
     if selected.get("split"):
@@ -119,7 +134,7 @@ img {{ max-width: 100%; border: 1px solid #eee; }} pre {{ background: #f7f7f7; p
 <h1>deepmetric run <code>{html.escape(run_dir.name)}</code></h1>
 <p>{"<br>".join(notes)}</p>
 <h2>Metrics</h2>
-<table id="metrics"><tr><th>metric</th><th>test</th><th>validation (best)</th></tr>{rows}</table>
+<table id="metrics"><tr><th>metric</th>{header}</tr>{rows}</table>
 {images}
 <h2>Configuration</h2><pre>{html.escape(config)}</pre>
 </body></html>

@@ -19,6 +19,9 @@ def training_curves(records: list[dict], path) -> bool:
     """Training loss and validation metrics against steps; False when there is nothing to plot."""
     train = [r for r in records if r.get("type") == "train"]
     evals = [r for r in records if r.get("type") == "eval" and r.get("split") != "test"]
+    if any(not r.get("baseline") for r in evals):  # the step-0 baseline and the selection split's validations
+        split = next(r["split"] for r in evals if not r.get("baseline"))
+        evals = [r for r in evals if r["split"] == split]
     if not train and not evals:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -33,6 +36,10 @@ def training_curves(records: list[dict], path) -> bool:
         for k in ("recall@1", "map@r", "nmi", "fine/recall@1", "fine/map@r", "coarse/recall@1"):
             if k in evals[-1]:
                 axes[1].plot([r["step"] for r in evals], [r[k] for r in evals], marker="o", label=k)
+        if evals[0].get("baseline"):
+            axes[1].axvline(0, color="#999", lw=0.8, ls=":")
+            axes[1].annotate("before training", (0, 0), xycoords=("data", "axes fraction"), fontsize=7,
+                             color="#666", xytext=(3, 3), textcoords="offset points")  # fmt: skip
         axes[1].set_xlabel("step")
         axes[1].set_title(f"{evals[-1]['split']} metrics")
         axes[1].legend(fontsize=8)

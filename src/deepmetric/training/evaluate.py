@@ -22,15 +22,23 @@ class Embedded:
     coarse_labels: np.ndarray  # −1 where undefined
     indices: np.ndarray  # table indices
     heads: dict[str, torch.Tensor] | None = None  # per-head embeddings of multi-head methods (DiVA)
+    trunk: torch.Tensor | None = None  # the backbone's pooled features (N × F), when asked for
+
+    def with_embeddings(self, embeddings: torch.Tensor) -> Embedded:
+        """The same items with other embeddings (e.g. the trunk's pooled features), no per-head parts."""
+        return Embedded(embeddings, self.labels, self.coarse_labels, self.indices)
 
 
 @torch.no_grad()
 def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, batch_size: int, workers: int = 0,
-                progress: bool = False, positions=None) -> Embedded:  # fmt: skip
+                progress: bool = False, positions=None, trunk: bool = False) -> Embedded:  # fmt: skip
     """Embed every item of ``dataset`` (or those at ``positions``) in order, in eval mode (the method's mode is
-    restored after)."""
+    restored after). ``trunk``: also keep the backbone's pooled features of the same forward passes."""
     from tqdm.auto import tqdm
 
+    trunk_parts: list[torch.Tensor] = []
+    hook = (method.model.backbone.register_forward_hook(lambda m, i, out: trunk_parts.append(out.float().cpu()))
+            if trunk else None)  # fmt: skip
     was_training = method.training
     method.eval()
     positions = np.arange(len(dataset)) if positions is None else np.asarray(positions)
@@ -52,10 +60,16 @@ def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, ba
         coarse.append(batch["coarse_label"].numpy())
         indices.append(batch["index"].numpy())
     method.train(was_training)
+    if hook is not None:
+        hook.remove()
     if not chunks:
         raise ValueError("cannot evaluate an empty split")
     heads = {name: torch.cat(parts) for name, parts in per_head.items()} or None
-    return Embedded(torch.cat(chunks), np.concatenate(labels), np.concatenate(coarse), np.concatenate(indices), heads)
+    features = torch.cat(trunk_parts) if trunk_parts else None
+    if features is not None and len(features) != sum(len(c) for c in chunks):
+        raise RuntimeError("the method ran its backbone more than once per batch: cannot keep its pooled features")
+    return Embedded(torch.cat(chunks), np.concatenate(labels), np.concatenate(coarse), np.concatenate(indices), heads,
+                    features)  # fmt: skip
 
 
 def gather_embedded(emb: Embedded) -> Embedded:
@@ -66,7 +80,8 @@ def gather_embedded(emb: Embedded) -> Embedded:
         return gather(torch.from_numpy(np.ascontiguousarray(a))).numpy()
 
     heads = {name: gather(e) for name, e in emb.heads.items()} if emb.heads else None
-    return Embedded(gather(emb.embeddings), cat(emb.labels), cat(emb.coarse_labels), cat(emb.indices), heads)
+    trunk = gather(emb.trunk) if emb.trunk is not None else None
+    return Embedded(gather(emb.embeddings), cat(emb.labels), cat(emb.coarse_labels), cat(emb.indices), heads, trunk)
 
 
 def score(emb: Embedded, cfg: EvalConfig, *, query_mask=None, gallery_mask=None, superclass: bool = False,

@@ -51,11 +51,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA if available, then Apple's MPS, then the CPU; an explicit device must exist."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_available = bool(mps is not None and mps.is_available())
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but CUDA is not available")
+    if device.type == "mps" and not mps_available:
+        raise ValueError(f"train.device={name!r} but Apple's MPS is not available on this machine")
     return device
 
 
@@ -153,6 +158,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.best_value, self.best_step, self.evals_since_best = None, None, 0
         self.best_val_metrics: dict = {}
+        self.baseline: dict | None = None
         self.history: list[dict] = []
         self.bad_images: list[str] = []
         self.tensorboard = None
@@ -233,7 +239,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "best_value": self.best_value, "best_step": self.best_step, "evals_since_best": self.evals_since_best,
             "best_val_metrics": self.best_val_metrics, "history": self.history, "bad_images": self.bad_images,
-            "rng": rng_state(),
+            "baseline": self.baseline, "rng": rng_state(),
         }  # fmt: skip
 
     def _resume(self) -> None:
@@ -249,6 +255,7 @@ class Trainer:
         for key in ("step", "epoch", "batch_in_epoch", "best_value", "best_step", "evals_since_best",
                     "best_val_metrics", "history", "bad_images"):  # fmt: skip
             setattr(self, key, state[key])
+        self.baseline = state.get("baseline")
         set_rng_state(state["rng"])
         if self.main:
             self._truncate_log(self.step)
@@ -297,17 +304,46 @@ class Trainer:
         metrics = self.score(split, emb) if self.main else None
         return distributed.broadcast_object(metrics)
 
-    def embed(self, split: str, progress: bool = False):
-        """The method's test-time embeddings of ``split`` (``val`` or ``test``), in order (gathered over ranks)."""
+    def embed(self, split: str, progress: bool = False, trunk: bool = False):
+        """The method's test-time embeddings of ``split`` (``val`` or ``test``), in order (gathered over ranks);
+        ``trunk``: with the backbone's pooled features too."""
         dataset = {"val": self.val_set, "test": self.test_set}[split]
         if dataset is None:
             raise ValueError(f"this run has no {split} split (protocol.val_by={self.cfg.protocol.val_by!r})")
         if len(dataset) < self.world_size:  # too small to share: every rank embeds all of it
-            return embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size)
+            return embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size,
+                               trunk=trunk)  # fmt: skip
         positions = np.arange(len(dataset))[distributed.shard(len(dataset))] if self.world_size > 1 else None
         emb = embed_split(self.method, dataset, self.eval_aug, self.device, self.cfg.data.eval_batch_size,
-                          self.cfg.data.workers, progress and self.main, positions=positions)  # fmt: skip
+                          self.cfg.data.workers, progress and self.main, positions=positions, trunk=trunk)  # fmt: skip
         return gather_embedded(emb) if self.world_size > 1 else emb
+
+    def _baseline(self) -> dict:
+        """The model as built, before any training step, on validation and test (``baseline.val`` / ``.test``), and,
+        for a pretrained trunk, its pooled features without the head (``baseline.trunk.val`` / ``.test``). The RNG
+        state is left as it was, so a run with the baseline trains exactly as one without."""
+        pretrained = bool(self.cfg.model.pretrained or self.cfg.model.weights)
+        out: dict = {}
+        saved = rng_state()
+        for split in ("val", "test"):
+            if {"val": self.val_set, "test": self.test_set}[split] is None:
+                continue
+            emb = self.embed(split, progress=not self.quiet, trunk=pretrained)
+            metrics = self.score(split, emb) if self.main else None
+            out[split] = distributed.broadcast_object(metrics)
+            if pretrained:
+                trunk = self.score(split, emb.with_embeddings(emb.trunk)) if self.main else None
+                out.setdefault("trunk", {})[split] = distributed.broadcast_object(trunk)
+        set_rng_state(saved)
+        for split in ("val", "test"):
+            if split in out:
+                record = {"type": "eval", "split": split, "step": 0, "epoch": 0, "baseline": True, **out[split]}
+                self._log(record)
+        key = self.cfg.train.select_metric
+        shown = [f"{split} {key} {out[split].get(key, float('nan')):.4f}" for split in ("val", "test") if split in out]
+        shown += [f"trunk features {split} {m.get(key, float('nan')):.4f}" for split, m in out.get("trunk", {}).items()]
+        self._say("baseline (before training): " + ", ".join(shown))
+        return out
 
     def score(self, split: str, emb) -> dict[str, float]:
         """Metrics of embeddings of ``split`` (query / gallery masks where the protocol has them)."""
@@ -403,6 +439,8 @@ class Trainer:
         self._last_saved_step = self.step
         self.tensorboard = self._open_tensorboard() if self.main else None
         self.progress = Progress(self.total_steps, self.step, enabled=not self.quiet)
+        if self.step == 0 and self.cfg.train.baseline and self.baseline is None:
+            self.baseline = self._baseline()
         self.method.on_train_start(self)
         stop = False
         t_last, step_last = time.perf_counter(), self.step
@@ -473,6 +511,8 @@ class Trainer:
         self._log({"type": "eval", "split": "test", "step": self.step, **test})
         metrics = {"val": self.best_val_metrics, "test": test, "selected": selected, "steps": self.step,
                    "protocol": self.splits.protocol, "splits": self.splits.info}  # fmt: skip
+        if self.baseline:
+            metrics["baseline"] = self.baseline
         if self.cfg.train.select_split == "test":
             metrics["warning"] = "model selected on the test split (train.select_split=test): test metrics are biased"
         if self.bad_images:

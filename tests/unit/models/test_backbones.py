@@ -71,7 +71,7 @@ def test_weight_file_errors(tmp_path):
 def test_unknown_backbone_and_pretrained_without_hub():
     with pytest.raises(ValueError, match="closest"):
         build_backbone("small_cnm")
-    with pytest.raises(ValueError, match="no hub weights"):
+    with pytest.raises(ValueError, match="no ImageNet weights"):
         build_backbone("small_cnn", pretrained=True)
     with pytest.raises(ValueError, match="pooling"):
         build_backbone("small_cnn", pooling="gem")
