@@ -38,7 +38,7 @@ def train(processes: int, per_class: int, steps: int, out: Path) -> float:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cli = ["-m", "deepmetric", "train", "configs/demo.yaml", "--output", str(out), "--quiet",
+    cli = ["-m", "deepmetric", "train", "configs/fashion_mnist/contrastive.yaml", "--output", str(out), "--quiet",
            f"data.samples_per_class={per_class}", f"train.max_steps={steps}", "train.log_every=10",
            "protocol.val_by=none", "report.enabled=false", "eval.clustering=false"]  # fmt: skip
     launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", f"--master_port={port}"]

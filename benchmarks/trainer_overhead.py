@@ -24,7 +24,7 @@ from deepmetric.training import Trainer
 
 def make_trainer(steps: int, out: str) -> Trainer:
     cfg = load_config(
-        "configs/demo.yaml",
+        "configs/fashion_mnist/contrastive.yaml",
         [f"train.max_steps={steps}", "train.log_every=20", "report.enabled=false", "protocol.val_by=none"],
     )
     trainer = Trainer(cfg, out, quiet=True)
@@ -76,7 +76,8 @@ def main(argv=None):
     lines = [
         command_line(),
         "",
-        f"configs/demo.yaml model and loss, {args.steps} steps × {args.repeats} alternating repeats, "
+        f"configs/fashion_mnist/contrastive.yaml model and loss, {args.steps} steps × {args.repeats} alternating "
+        "repeats, "
         f"{torch.get_num_threads()} torch threads",
         "",
         "| | steps/s (median) | all runs |",

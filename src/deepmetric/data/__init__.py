@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 
-from . import cars196, csv_table, cub200, digits, fashion_mnist, folder, inshop, sop
+from . import cars196, csv_table, cub200, digits, fashion_mnist, folder, glyphs, inshop, sop
 from .augment import AugmentConfig, BatchAugment
 from .images import BadImageError, ImageDataset, collate_batch, decode_image
 from .sampler import ClassBalancedBatchSampler
@@ -21,6 +21,7 @@ DATASETS = {
     "cars196": cars196.load,
     "sop": sop.load,
     "inshop": inshop.load,
+    "glyphs": glyphs.load,
 }
 
 

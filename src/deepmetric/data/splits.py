@@ -4,13 +4,16 @@ Protocols (``ProtocolConfig.name``):
 
 - ``official``: the dataset's own split (CUB/Cars classes 1–100 / 1–98 train, SOP files, In-Shop partition).
 - ``zero_shot``: train on ``train_classes``, test on ``test_classes`` (disjoint). Defaults: classes 0–4 / 5–9 for
-  ``fashion_mnist`` and ``digits``. If the dataset's official split is an image split over shared classes
-  (Fashion-MNIST's 60,000 / 10,000), training uses the official train images and testing the official test images.
+  ``fashion_mnist`` and ``digits``; for other datasets a seeded ``test_fraction`` of the classes is held out for
+  test (seed 0, so every run seed tests on the same classes). If the dataset's official split is an image split over
+  shared classes (Fashion-MNIST's 60,000 / 10,000), training uses the official train images and testing the
+  official test images.
 - ``superclass``: train on coarse labels, evaluate on fine (and coarse) labels: built-in coarse maps for
   ``fashion_mnist`` (tops / footwear / trousers-and-bags), ``digits`` (parity), ``sop`` (super-class) and
   ``cars196`` (make), or ``coarse_map`` given explicitly. Uses the official image split, or a seeded stratified
   split of ``test_fraction`` of every class when there is none.
-- ``default``: ``zero_shot`` for fashion_mnist and digits, ``official`` otherwise.
+- ``default``: ``zero_shot`` for fashion_mnist and digits and for datasets without an official train / test split
+  (``folder``, ``csv`` without a split column), ``official`` otherwise.
 
 Validation is carved from the training items only, never from test: ``val_by="classes"`` holds out a seeded
 fraction (or count) of the training classes (class-disjoint); with ``n_folds`` > 0 it is fold ``fold`` of a
@@ -135,7 +138,9 @@ def make_splits(table: ImageTable, protocol: ProtocolConfig | None = None, seed:
         raise ValueError(f"protocol.val_by must be one of {VAL_MODES}, got {p.val_by!r}")
     name = p.name
     if name == "default":
-        name = "zero_shot" if (table.name in ZERO_SHOT_DEFAULTS or p.train_classes is not None) else "official"
+        no_split = not (len(table.indices("train")) and len(table.indices("test", "query", "gallery")))
+        zero_shot = table.name in ZERO_SHOT_DEFAULTS or p.train_classes is not None or no_split
+        name = "zero_shot" if zero_shot else "official"
     labels = table.labels
     coarse = table.coarse_labels
     if p.coarse_map is not None:
@@ -158,8 +163,9 @@ def make_splits(table: ImageTable, protocol: ProtocolConfig | None = None, seed:
             query, gallery = np.flatnonzero(table.is_query), np.flatnonzero(table.is_gallery)
     elif name == "zero_shot":
         default = ZERO_SHOT_DEFAULTS.get(table.name)
-        if p.train_classes is None and default is None:
-            raise ValueError(f"protocol.train_classes is required for zero_shot on {table.name}")
+        if p.train_classes is None and default is None:  # hold out test_fraction of the classes, the same every seed
+            kept, held = class_disjoint_split(np.unique(labels), fraction=p.test_fraction, seed=0)
+            default = (kept.tolist(), held.tolist())
         train_cls = _check_classes(
             table, p.train_classes if p.train_classes is not None else default[0], "train_classes"
         )

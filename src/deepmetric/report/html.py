@@ -49,7 +49,7 @@ def _image(table, index: int) -> np.ndarray:
     return arr[:, :, 0] if arr.shape[2] == 1 else arr
 
 
-def _figures(run_dir: Path, trainer) -> dict[str, Path]:
+def _figures(run_dir: Path, trainer, test_embedded=None) -> dict[str, Path]:
     out_dir = run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
@@ -62,7 +62,9 @@ def _figures(run_dir: Path, trainer) -> dict[str, Path]:
     from ..training.evaluate import embed_split, per_class_recall
 
     cfg = trainer.cfg
-    emb = embed_split(trainer.method, trainer.test_set, trainer.eval_aug, trainer.device, cfg.data.eval_batch_size)
+    emb = test_embedded  # the final evaluation's embeddings when the trainer hands them over
+    if emb is None:
+        emb = embed_split(trainer.method, trainer.test_set, trainer.eval_aug, trainer.device, cfg.data.eval_batch_size)
     names = trainer.table.class_names
     x = F.normalize(emb.embeddings, dim=1)
     plots.tsne(x.numpy(), emb.labels, names, out_dir / "tsne.png", cfg.report.tsne_points, cfg.train.seed)
@@ -96,12 +98,13 @@ def _figures(run_dir: Path, trainer) -> dict[str, Path]:
     return figures
 
 
-def write_report(run_dir: str | Path, trainer=None) -> Path:
+def write_report(run_dir: str | Path, trainer=None, test_embedded=None) -> Path:
     """Write ``report.html`` (+ PNGs) for the run in ``run_dir``; ``trainer`` (with the selected weights loaded)
-    provides the test embeddings for the t-SNE, retrieval grid and per-class plots."""
+    provides the test embeddings for the t-SNE, retrieval grid and per-class plots (``test_embedded``: those
+    embeddings already computed, so the test split is not embedded twice)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    figures = _figures(run_dir, trainer)
+    figures = _figures(run_dir, trainer, test_embedded)
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _metric_rows(metrics)

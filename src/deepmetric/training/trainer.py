@@ -507,7 +507,8 @@ class Trainer:
             if self.main:
                 save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": None,
                                  "value": None, "meta": self.inference_meta()}, best)  # fmt: skip
-        test = self.evaluate("test", progress=not self.quiet)
+        test_embedded = self.embed("test", progress=not self.quiet)
+        test = distributed.broadcast_object(self.score("test", test_embedded) if self.main else None)
         self._log({"type": "eval", "split": "test", "step": self.step, **test})
         metrics = {"val": self.best_val_metrics, "test": test, "selected": selected, "steps": self.step,
                    "protocol": self.splits.protocol, "splits": self.splits.info}  # fmt: skip
@@ -522,6 +523,6 @@ class Trainer:
             if self.cfg.report.enabled:
                 from ..report import write_report
 
-                write_report(self.run_dir, trainer=self)
+                write_report(self.run_dir, trainer=self, test_embedded=test_embedded)
         distributed.barrier()
         return metrics

@@ -115,3 +115,20 @@ def test_official_requires_a_split():
         make_splits(load_dataset("digits"), ProtocolConfig(name="official"))
     with pytest.raises(ValueError, match="val_by=images"):
         make_splits(load_dataset("digits"), ProtocolConfig(train_classes=[0, 1], val_by="classes"))
+
+
+def test_a_dataset_without_a_split_defaults_to_a_seed_independent_class_split():
+    """A folder of the user's own classes: half the classes (test_fraction) held out for test, the same classes
+    whatever the run seed; validation carved from the training classes."""
+    labels = np.repeat(np.arange(20), 5)
+    table = ImageTable(name="folder", labels=labels, split=np.full(len(labels), "all", dtype=object),
+                       images=torch.zeros(len(labels), 1, 2, 2, dtype=torch.uint8))  # fmt: skip
+    a = make_splits(table, ProtocolConfig(), seed=0)
+    b = make_splits(table, ProtocolConfig(name="zero_shot"), seed=7)
+    assert a.protocol == "zero_shot"
+    test_classes = np.unique(labels[a.test])
+    assert len(test_classes) == 10 and np.array_equal(test_classes, np.unique(labels[b.test]))
+    seen = np.unique(labels[np.concatenate([a.train, a.val])])
+    assert not np.intersect1d(seen, test_classes).size and len(seen) == 10
+    quarter = make_splits(table, ProtocolConfig(name="zero_shot", test_fraction=0.25), seed=0)
+    assert len(np.unique(labels[quarter.test])) == 5
