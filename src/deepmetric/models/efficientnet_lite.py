@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .weights import load_weights
+
 NORMALIZATION = "edge"
 NUM_FEATURES = 1280
 STEM_CHANNELS = 32
@@ -205,8 +207,6 @@ def pretrained_file(variant: str) -> Path:
 def load_state(trunk: EfficientNetLite, path: str | Path) -> None:
     """Load ImageNet weights (reference or own key names) into ``trunk``, strictly; the classifier's weights are used
     only when the trunk has one; a one-channel stem gets the pretrained RGB filters summed."""
-    from .backbones import load_weights
-
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
