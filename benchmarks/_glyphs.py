@@ -95,7 +95,8 @@ def pretrained_backbone(glyphs: str, folder: Path = Path("runs/glyph_pretrain"))
     Latin ones), written once to ``folder/backbone.pt``: normalised softmax on every 9 of 10 images of the 129
     Greek, Cyrillic and digit characters, 800 steps of 32 × 4."""
     import torch
-    from _report import train_once
+
+    from benchmarks._report import train_once
 
     out = folder / "backbone.pt"
     if out.is_file():

@@ -7,8 +7,11 @@ import sys
 
 
 def command_line() -> str:
-    """The command that produced a result, as recorded beside it."""
-    return f"`{' '.join(['python', *sys.argv])}`"
+    """The command that produced a result, as recorded beside it: ``python benchmarks/X.py ...`` for a script,
+    ``python -m benchmarks.X ...`` for a module (whose ``sys.argv[0]`` is the file's absolute path)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
+    return f"`{' '.join(['python', *program, *sys.argv[1:]])}`"
 
 
 def emit(lines: list[str], write: str | None) -> str:
@@ -53,13 +56,11 @@ def train_once(preset, overrides: dict, run_dir) -> dict:
     import yaml
 
     import deepmetric
-    from deepmetric.config import load_config, to_yaml
+    from deepmetric.config import load_config, parse_overrides, to_yaml
 
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():
-        wanted = yaml.safe_load(
-            to_yaml(load_config(preset, [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]))
-        )
+        wanted = yaml.safe_load(to_yaml(load_config(preset, parse_overrides(overrides))))
         stored = yaml.safe_load((run_dir / "config.yaml").read_text())
         if differences := config_differences(stored, wanted):
             raise SystemExit(f"{run_dir} was made with other settings ({'; '.join(differences)}): use another --runs "
@@ -83,12 +84,11 @@ def add_study_arguments(ap, runs: str) -> None:
 
 
 def overrides_from(items: list[str]) -> dict:
-    """``["train.epochs=2", ...]`` → ``{"train__epochs": "2", ...}`` (the keyword form `deepmetric.train` takes)."""
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        out[key.replace(".", "__")] = value
-    return out
+    """``["train.epochs=2", ...]`` → ``{"train__epochs": "2", ...}`` (the keyword form `deepmetric.train` takes),
+    checked by the library's one parser (`deepmetric.config.parse_overrides`: KEY=VALUE or a clear error)."""
+    from deepmetric.config import parse_overrides
+
+    return {key.replace(".", "__"): value for key, _, value in (o.partition("=") for o in parse_overrides(items))}
 
 
 def untrained_overrides(overrides: dict) -> dict:

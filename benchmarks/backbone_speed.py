@@ -14,13 +14,19 @@ Each cell: a warm-up of up to 2 s, then as many calls as fit in ``--seconds``, t
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
-from _report import command_line, emit  # benchmarks/_report.py
 from pytorch_metric_learning.losses import ProxyAnchorLoss
 
 from deepmetric.models import Embedder, build_backbone
+
+if not __package__:  # run as `python benchmarks/backbone_speed.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit
 
 TRAIN_BATCH, EMBED_BATCH = 32, 128
 
@@ -65,7 +71,7 @@ def measure(name: str, size: int, trainable_blocks: int | None, seconds: float) 
     return train, rate(embed, EMBED_BATCH, seconds)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96, 128, 224])
     parser.add_argument("--backbones", nargs="+",
@@ -74,7 +80,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write", help="append the table to this markdown file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     lines = [command_line(), "", f"{args.threads} torch threads, torch {torch.__version__}; images/s "
              f"(train batch {TRAIN_BATCH}, embed batch {EMBED_BATCH})", "",

@@ -17,10 +17,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from _glyphs import GLYPH_DATA, glyph_csv, pretrained_backbone  # benchmarks/_glyphs.py
-from _report import add_study_arguments, command_line, emit, mean_std, overrides_from, train_once, untrained_overrides
+if not __package__:  # run as `python benchmarks/ccp.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._glyphs import GLYPH_DATA, glyph_csv, pretrained_backbone
+from benchmarks._report import (
+    add_study_arguments,
+    command_line,
+    emit,
+    mean_std,
+    overrides_from,
+    train_once,
+    untrained_overrides,
+)
 
 PAIRS = {"c2": ("c2", "ccp_c2"), "ms": ("ms", "ccp_ms")}
 GLYPHS = {

@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-from _report import command_line, emit, median_step_times  # benchmarks/_report.py
 
 from deepmetric.losses import MarginContrastiveLoss
 from deepmetric.methods import StandardMethod
 from deepmetric.methods.ccp import CCPMethod
 from deepmetric.methods.ccp_components import kcenter_per_class
 from deepmetric.models import Embedder, build_backbone
+
+if not __package__:  # run as `python benchmarks/ccp_step.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit, median_step_times
 
 
 def make(kind: str, args, num_classes: int = 0, per_class: int = 0):

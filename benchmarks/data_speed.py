@@ -11,10 +11,11 @@ semi-hard mining (pytorch-metric-learning) and Adam on the same batches; the rat
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
-from _report import command_line, emit  # benchmarks/_report.py
 
 from deepmetric.data import (
     AugmentConfig,
@@ -26,6 +27,11 @@ from deepmetric.data import (
     make_splits,
 )
 from deepmetric.models import Embedder, build_backbone
+
+if not __package__:  # run as `python benchmarks/data_speed.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit
 
 
 def rate(iterator, n: int) -> tuple[float, list]:

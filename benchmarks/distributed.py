@@ -25,7 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _report import command_line, emit  # benchmarks/_report.py
+if not __package__:  # run as `python benchmarks/distributed.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit
 
 
 def rate(run_dir: Path) -> float:

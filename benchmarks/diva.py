@@ -33,17 +33,29 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from _glyphs import GLYPH_DATA, glyph_csv, pretrained_backbone  # benchmarks/_glyphs.py
-from _report import add_study_arguments, command_line, emit, mean_std, overrides_from, train_once, untrained_overrides
 
-from deepmetric.api import load_trainer
 from deepmetric.config import load_config
 from deepmetric.evaluation import retrieval_metrics
-from deepmetric.methods.diva import HEADS
+from deepmetric.methods.diva import HEADS, DivaMethod
+from deepmetric.run import load_run
+
+if not __package__:  # run as `python benchmarks/diva.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._glyphs import GLYPH_DATA, glyph_csv, pretrained_backbone
+from benchmarks._report import (
+    add_study_arguments,
+    command_line,
+    emit,
+    mean_std,
+    overrides_from,
+    train_once,
+    untrained_overrides,
+)
 
 PRESETS = Path("configs/fashion_mnist")
 AUX = ("selfsimilarity", "shared", "intra")
@@ -77,23 +89,25 @@ def ablation_variants(rho: float) -> dict[str, dict]:
     }
 
 
-def combined(heads: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    return F.normalize(torch.cat([weights[h] * heads[h] for h in HEADS], dim=1), dim=1)
+def combined(method: DivaMethod, heads: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """DiVA's own test-time embedding (``DivaMethod.combine``: normalize(concat(w_h · f_h))) of the per-head
+    embeddings ``heads``, with the head weights ``weights`` in place of the run's ``test_weights``."""
+    return method.combine(heads, weights)
 
 
 def val_chosen_weights(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     """Head weights with the best validation map@r (discriminative 1, others in ``AUX_WEIGHTS``) and the test metrics
     of the embedding they give."""
-    trainer = load_trainer(run_dir)
-    val, test = trainer.embed("val"), trainer.embed("test")
+    run = load_run(run_dir)
+    val, test = run.embed("val"), run.embed("test")
     best, best_value = None, -1.0
     for values in itertools.product(AUX_WEIGHTS, repeat=len(AUX)):
         weights = {"discriminative": 1.0, **dict(zip(AUX, values, strict=True))}
-        value = retrieval_metrics(combined(val.heads, weights), val.labels, ks=(1,), metrics=("map@r",))["map@r"]
+        embeddings = combined(run.method, val.heads, weights)
+        value = retrieval_metrics(embeddings, val.labels, ks=(1,), metrics=("map@r",))["map@r"]
         if value > best_value:
             best, best_value = weights, value
-    test.embeddings, test.heads = combined(test.heads, best), None
-    return best, trainer.score("test", test)
+    return best, run.score("test", test.with_embeddings(combined(run.method, test.heads, best)))
 
 
 def main(argv=None):

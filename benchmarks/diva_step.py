@@ -11,15 +11,21 @@ view B) and the decorrelation regressors. A step = forward, losses, backward, Ad
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
-from _report import command_line, emit, median_step_times  # benchmarks/_report.py
 
 from deepmetric.losses import DivaMarginLoss
 from deepmetric.methods import StandardMethod
 from deepmetric.methods.diva import HEADS, DivaMethod
 from deepmetric.miners import DistanceWeightedTripletMiner
 from deepmetric.models import Embedder, build_backbone
+
+if not __package__:  # run as `python benchmarks/diva_step.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit, median_step_times
 
 
 def make(kind: str, args):

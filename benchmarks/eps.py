@@ -14,10 +14,14 @@ Runs are kept in ``--runs`` and reused, so an interrupted benchmark continues wh
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from _glyphs import GLYPH_DATA, glyph_csv  # benchmarks/_glyphs.py
-from _report import add_study_arguments, command_line, emit, mean_std, overrides_from, train_once
+if not __package__:  # run as `python benchmarks/eps.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._glyphs import GLYPH_DATA, glyph_csv
+from benchmarks._report import add_study_arguments, command_line, emit, mean_std, overrides_from, train_once
 
 LOSSES = ("triplet", "margin", "contrastive", "multi_similarity")
 DIGITS = {  # digits: 8 × 8 images, parity as the coarse label, a 50 / 50 stratified image split

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-from _report import command_line, emit  # benchmarks/_report.py
 from pytorch_metric_learning.miners import BatchEasyHardMiner
 
 from deepmetric.miners import EasyPositiveMiner
+
+if not __package__:  # run as `python benchmarks/eps_miner_speed.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit
 
 
 def main(argv=None):

@@ -14,15 +14,21 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _report import command_line, emit  # benchmarks/_report.py
 
 from deepmetric.evaluation import DEFAULT_MEMORY_BUDGET, retrieval_metrics
 from deepmetric.evaluation.knn import plan_chunks
+
+if not __package__:  # run as `python benchmarks/eval_speed.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 METRIC_NAMES = ("precision@1", "r_precision", "map@r")

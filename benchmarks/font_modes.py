@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
-from _report import command_line, emit  # benchmarks/_report.py
 
-from deepmetric.api import load_trainer
 from deepmetric.evaluation.diagnostics import spread_ratio
+from deepmetric.run import load_run
+
+if not __package__:  # run as `python benchmarks/font_modes.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit
 
 
 def font_categories(glyphs: Path, table_csv: str) -> np.ndarray:
@@ -56,9 +61,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows = []
     for run_dir in finished_runs(args.runs):
-        trainer = load_trainer(run_dir)
-        styles = font_categories(Path(args.glyphs).expanduser(), trainer.cfg.data.root)
-        emb = trainer.embed("test")
+        run = load_run(run_dir)
+        styles = font_categories(Path(args.glyphs).expanduser(), run.cfg.data.root)
+        emb = run.embed("test")
         characters = emb.labels  # the fine label under the superclass protocol, else the class
         _, style_codes = np.unique(styles[emb.indices], return_inverse=True)
         _, groups = np.unique(np.stack([characters, style_codes]), axis=1, return_inverse=True)

@@ -6,19 +6,21 @@
     python benchmarks/quality.py --set train.epochs=2             # extra overrides for every run
 
 Runs go to ``--runs`` (default runs/quality/PRESET-seedN); an existing finished run is reused, an interrupted one is
-resumed, so the benchmark can be stopped and restarted.
+resumed, so the benchmark can be stopped and restarted; a run made with other settings (another ``--set``) is
+refused, never reused (``benchmarks._report.train_once``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
-from _report import command_line, emit, mean_std  # benchmarks/_report.py
+if not __package__:  # run as `python benchmarks/quality.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import deepmetric
+from benchmarks._report import command_line, emit, mean_std, overrides_from, train_once
 
 METRICS = ("recall@1", "map@r", "nmi")
 # the standard-loss presets of configs/fashion_mnist (the eps_*/vanilla_* twins have their own benchmark)
@@ -27,16 +29,8 @@ PRESETS = ("triplet_semihard", "margin_dw", "multi_similarity", "contrastive", "
 
 
 def run_one(preset: Path, seed: int, runs: Path, extra: list[str]) -> dict:
-    run_dir = runs / f"{preset.stem}-seed{seed}"
-    if (run_dir / "metrics.json").is_file():
-        return json.loads((run_dir / "metrics.json").read_text())
-    overrides = {"train__seed": seed, "report__enabled": False}
-    for item in extra:
-        key, _, value = item.partition("=")
-        overrides[key.replace(".", "__")] = value
-    resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
-    _, metrics = deepmetric.train(None if resume else preset, output=run_dir, resume=resume, quiet=True, **overrides)
-    return metrics
+    overrides = {"train__seed": seed, "report__enabled": False, **overrides_from(extra)}
+    return train_once(preset, overrides, runs / f"{preset.stem}-seed{seed}")
 
 
 def main(argv=None):

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from _report import command_line, emit  # benchmarks/_report.py
 
 from deepmetric.retrieval import EmbeddingIndex
+
+if not __package__:  # run as `python benchmarks/retrieval_speed.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit
 
 
 def clustered(n: int, dim: int, seed: int, centres: np.ndarray) -> np.ndarray:

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
-from _report import command_line, emit  # benchmarks/_report.py
 
 from deepmetric.config import load_config
 from deepmetric.training import Trainer
+
+if not __package__:  # run as `python benchmarks/trainer_overhead.py`: import `benchmarks` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._report import command_line, emit
 
 
 def make_trainer(steps: int, out: str) -> Trainer:
@@ -44,7 +50,7 @@ def time_hand_loop(steps: int) -> float:
     """The same work without the trainer: loader → augmentation → forward → loss → backward → step."""
     with tempfile.TemporaryDirectory() as out:
         t = make_trainer(steps, out)  # only to build identical parts
-        method, loader, augment, optimizer, sampler = t.method, t.loader, t.train_aug, t.optimizer, t.sampler
+        method, loader, augment, optimizer, sampler = t.method, t.loader, t.data.train_aug, t.optimizer, t.data.sampler
         step = 0
         t0 = time.perf_counter()
         while step < steps:

@@ -17,4 +17,12 @@ def load(run_dir, checkpoint: str = "best", device: str | None = None):
     return _load(run_dir, checkpoint, device)
 
 
-__all__ = ["__version__", "load", "train"]
+def load_run(run_dir, checkpoint: str = "best", device: str | None = None):
+    """A finished run's config and method with ``checkpoint``'s weights (evaluate / embed its splits); see
+    `deepmetric.run.load_run`."""
+    from .run import load_run as _load_run
+
+    return _load_run(run_dir, checkpoint, device)
+
+
+__all__ = ["__version__", "load", "load_run", "train"]

@@ -48,17 +48,12 @@ def cmd_datasets(args) -> int:
 def cmd_train(args) -> int:
     from .api import train
 
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"deepmetric train: overrides are KEY=VALUE, got {item!r}")
-        overrides[key.replace(".", "__")] = value
     if args.resume is None and args.config is None:
         raise SystemExit("deepmetric train: give a CONFIG file (e.g. configs/demo.yaml) or --resume RUN_DIR")
     from . import distributed
 
-    run_dir, metrics = train(args.config, output=args.output, resume=args.resume, quiet=args.quiet, **overrides)
+    run_dir, metrics = train(args.config, list(args.overrides), output=args.output, resume=args.resume,
+                             quiet=args.quiet)  # fmt: skip
     main_process = distributed.is_main()
     distributed.teardown()
     if not main_process:
@@ -113,10 +108,9 @@ def _print_baseline(metrics: dict) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from .api import load_trainer
+    from .run import load_run
 
-    trainer = load_trainer(args.run_dir, args.checkpoint, args.device)
-    metrics = trainer.evaluate(args.split, progress=not args.quiet)
+    metrics = load_run(args.run_dir, args.checkpoint, args.device).evaluate(args.split, progress=not args.quiet)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -142,17 +136,15 @@ def cmd_embed(args) -> int:
         _report_bad(bad)
         ids, source = kept, {"images": str(args.images), "skipped": [{"path": p, "reason": r} for p, r in bad]}
     else:
-        from .api import load_trainer
+        from .run import load_run
         from .training.evaluate import embed_split
 
-        trainer = load_trainer(args.run_dir, args.checkpoint, args.device)
-        dataset = {"train": trainer.train_set, "val": trainer.val_set, "test": trainer.test_set}[args.split]
-        if dataset is None:
-            raise SystemExit(f"deepmetric embed: the run has no {args.split} split")
-        e = embed_split(trainer.method, dataset, trainer.eval_aug, trainer.device, trainer.cfg.data.eval_batch_size,
+        run = load_run(args.run_dir, args.checkpoint, args.device)
+        data = run.data
+        e = embed_split(run.method, data.split(args.split), data.eval_aug, run.device, run.cfg.data.eval_batch_size,
                         progress=not args.quiet)  # fmt: skip
         emb, labels = e.embeddings, e.labels.tolist()
-        table = trainer.table
+        table = data.table
         ids = [table.paths[i] for i in e.indices] if table.paths else [int(i) for i in e.indices]
         source = {"split": args.split, "indices": e.indices.tolist()}
     out = args.out
@@ -274,11 +266,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .api import load_trainer
     from .report import write_report
+    from .run import load_run
 
-    trainer = load_trainer(args.run_dir, args.checkpoint, args.device)
-    print(f"report: {write_report(args.run_dir, trainer)}")
+    print(f"report: {write_report(args.run_dir, run=load_run(args.run_dir, args.checkpoint, args.device))}")
     return 0
 
 
@@ -388,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
+    from .errors import DeepMetricError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -401,16 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except DeepMetricError as e:  # bad input (2) or a checked run-time condition such as a parity failure (1)
+        print(f"deepmetric: {e}", file=sys.stderr)
+        return e.exit_code
+    except FileNotFoundError as e:
         print(f"deepmetric: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # parity failures and other checked run-time conditions
-        from .retrieval.export import ParityError
-
-        if not isinstance(e, ParityError):
-            raise
-        print(f"deepmetric: {e}", file=sys.stderr)
-        return 1
     except ValueError as e:  # unknown names and bad values, with their closest valid names
         print(f"deepmetric: {e}", file=sys.stderr)
         return 2

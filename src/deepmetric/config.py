@@ -16,10 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .data.augment import AugmentConfig
 from .data.splits import ProtocolConfig
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and the value."""
+from .errors import ConfigError  # re-exported: deepmetric.config.ConfigError
 
 
 @dataclass
@@ -111,6 +108,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA, then Apple's MPS, then the CPU) | cpu | cuda | cuda:N | mps
     tensorboard: bool = False
     baseline: bool = True  # score the model as built (and a pretrained trunk's pooled features) before step 1
+    checkpoint_every: int | None = None  # also write last.pt every N steps (besides evaluations and epoch ends)
 
 
 @dataclass
@@ -120,7 +118,7 @@ class EvalConfig:
     backend: str = "torch"
     memory_budget: int = 1 << 30
     average: str = "micro"
-    normalize: bool = True  # L2-normalise before ranking; false: raw Euclidean (CCP's v / max(1, ‖v‖))
+    normalize: bool | None = None  # L2-normalise before ranking; None: as the method declares (CCP ranks raw)
 
 
 @dataclass
@@ -151,8 +149,6 @@ class Config:
 CHOICES = {
     "data.on_bad_image": ("error", "skip"),
     "data.small_classes": ("topup", "drop"),
-    "optim.name": ("adam", "adamw", "sgd", "rmsprop"),
-    "schedule.name": ("none", "step", "multistep", "cosine", "plateau"),
     "train.select_split": ("val", "test"),
     "train.dtype": ("float32", "float64"),
     "eval.backend": ("torch", "faiss"),
@@ -195,8 +191,32 @@ def _wrap(e: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigE
     return ConfigError(f"{source}: invalid config key {key!r}: {msg}{hint}")
 
 
+def parse_overrides(overrides=None, **keywords) -> list[str]:
+    """The one KEY=VALUE parser: ``["train.epochs=3", ...]``, a dict ``{"train.epochs": 3}`` (dotted keys, or ``__``
+    for dots as Python keywords need: ``train__epochs=3``) → ``["train.epochs=3", ...]``. Values are parsed as YAML
+    later, as on the command line: ``"{a: 1}"``, ``"[0, 1]"``, ``null``, ``0.5``."""
+    items: list[str] = []
+    if isinstance(overrides, dict):
+        keywords = {**overrides, **keywords}
+    elif overrides is not None:
+        for item in overrides:
+            key, sep, _ = str(item).partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"overrides are KEY=VALUE (e.g. train.epochs=3), got {item!r}")
+            items.append(str(item))
+    for key, value in keywords.items():
+        dotted = key.replace("__", ".")
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif value is None:
+            value = "null"
+        items.append(f"{dotted}={value}")
+    return items
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Defaults ← YAML file ← overrides (``["train.epochs=3", ...]`` or a nested dict) → validated `Config`."""
+    """Defaults ← YAML file ← overrides (``["train.epochs=3", ...]``, or a dict: `parse_overrides`) → validated
+    `Config`; the method's typed options are checked here too, before any data is read."""
     schema = OmegaConf.structured(Config)
     cfg = schema
     if path is not None:
@@ -207,13 +227,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
                 raise _wrap(e, schema, str(layer[0])) from None
     if overrides:
         try:
-            if isinstance(overrides, list):
+            if isinstance(overrides, dict) and not any("." in k or "__" in k for k in overrides):
+                extra = OmegaConf.create(overrides)  # a nested dict
+            else:
+                overrides = parse_overrides(overrides)
                 whole = [o for o in overrides if o.partition("=")[0] in REPLACED_DICTS]  # loss.params={...}
                 if whole:
                     cfg = _merge_layer(cfg, OmegaConf.from_dotlist(whole))
                 extra = OmegaConf.from_dotlist(list(overrides))
-            else:
-                extra = OmegaConf.create(overrides)
             cfg = OmegaConf.merge(cfg, extra)
         except OmegaConfBaseException as e:
             raise _wrap(e, schema, "override") from None
@@ -226,6 +247,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         from .models.backbones import backbone_normalization
 
         obj.augment.normalization = backbone_normalization(obj.model.backbone)
+    from .methods import method_options
+
+    try:
+        method_options(obj)  # unknown method, unknown option or a wrong type: before any data is read
+    except ValueError as e:
+        raise ConfigError(f"{path or 'config'}: {e}") from None
     return obj
 
 
@@ -247,11 +274,19 @@ def _layers(path: Path, seen: tuple = ()) -> list[tuple[Path, DictConfig]]:
 
 
 def validate(cfg: Config) -> None:
-    """Value checks OmegaConf's types cannot express."""
+    """Value checks OmegaConf's types cannot express; registered names (datasets, backbones, optimizers, schedules)
+    are checked against their registries, an unknown one naming the closest valid names."""
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
+    from .choices import registries
+
+    for key, registry in registries().items():
+        try:
+            registry.get(get(cfg, key))
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
     for key in POSITIVE:
         if get(cfg, key) < 1:
             raise ConfigError(f"{key}={get(cfg, key)!r} must be ≥ 1")
@@ -263,6 +298,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.amp (mixed precision) and train.dtype=float64 exclude each other")
     if cfg.model.trainable_blocks is not None and cfg.model.trainable_blocks < 0:
         raise ConfigError(f"model.trainable_blocks={cfg.model.trainable_blocks} must be ≥ 0 (or null: train all)")
+    if cfg.train.checkpoint_every is not None and cfg.train.checkpoint_every < 1:
+        raise ConfigError(f"train.checkpoint_every={cfg.train.checkpoint_every} must be ≥ 1 (or null)")
     if cfg.train.epochs < 1 and not cfg.train.max_steps:
         raise ConfigError("train.epochs must be ≥ 1 (or set train.max_steps)")
 

@@ -193,3 +193,15 @@ def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         else:
             convert_batchnorm(child, device)
     return module
+
+
+def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` in DistributedDataParallel. Every rank computes the same buffers (global-batch BatchNorm, queues),
+    so buffers are not broadcast at each forward."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    try:
+        return DistributedDataParallel(module, device_ids=ids, forward_sync_buffers=False)
+    except TypeError:  # torch versions before forward_sync_buffers
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)

@@ -1,14 +1,60 @@
-"""The benchmarks' run reuse (benchmarks/_report.train_once): a finished run is reused only for the settings it was
-made with; asked for other settings, it stops and names them instead of reporting the old run as the new one."""
+"""The benchmarks as a package: every study answers ``--help`` run both ways (``python -m benchmarks.X`` and
+``python benchmarks/X.py``, the form recorded in benchmarks/results/*.md); and their run reuse
+(benchmarks/_report.train_once): a finished run is reused only for the settings it was made with; asked for other
+settings, it stops and names them instead of reporting the old run as the new one."""
 
-import importlib.util
+import os
+import subprocess
+import sys
+import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("_report", Path(__file__).parents[2] / "benchmarks" / "_report.py")
-report = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(report)
+from benchmarks import _report as report
+
+ROOT = Path(__file__).parents[2]
+STUDIES = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
+
+
+def test_every_study_is_listed():
+    assert {"eps", "diva", "ccp", "ccp_step", "diva_step", "eps_miner_speed", "eval_speed", "data_speed",
+            "distributed", "retrieval_speed", "trainer_overhead", "quality", "font_modes",
+            "backbone_speed"} <= set(STUDIES)  # fmt: skip
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_study_answers_help_as_a_module_and_as_a_script(study):
+    """Both invocations at once, from the repository root, without the caller's PYTHONPATH: run as a script, only
+    benchmarks/ is on sys.path, so the study must find the ``benchmarks`` package by itself (its guard)."""
+    commands = {
+        "module": [sys.executable, "-m", f"benchmarks.{study}", "--help"],
+        "script": [sys.executable, f"benchmarks/{study}.py", "--help"],
+    }
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+
+    def run(cmd):
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    with ThreadPoolExecutor(len(commands)) as pool:
+        done = dict(zip(commands, pool.map(run, commands.values()), strict=True))
+    for how, proc in done.items():
+        assert proc.returncode == 0, f"{' '.join(commands[how][1:])}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+        assert proc.stdout.startswith("usage:"), f"{how}: {proc.stdout[:500]}"
+    after_usage = [proc.stdout.split("\n\n", 1)[1] for proc in done.values()]  # the usage line names the program
+    assert after_usage[0] == after_usage[1]
+
+
+def test_command_line_records_the_invocation_as_typed(monkeypatch):
+    main = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    main.__spec__ = None  # python benchmarks/eps.py
+    monkeypatch.setattr(sys, "argv", ["benchmarks/eps.py", "--seeds", "0"])
+    assert report.command_line() == "`python benchmarks/eps.py --seeds 0`"
+    main.__spec__ = types.SimpleNamespace(name="benchmarks.eps")  # python -m benchmarks.eps: argv[0] is the file
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "eps.py"), "--seeds", "0"])
+    assert report.command_line() == "`python -m benchmarks.eps --seeds 0`"
 
 
 def test_config_differences_names_changed_settings_and_skips_new_keys():

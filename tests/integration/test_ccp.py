@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import deepmetric
-from deepmetric.config import load_config
+from deepmetric.config import load_config, parse_overrides
 from deepmetric.training import Trainer
 from deepmetric.training.mlrc import run_mlrc
 
@@ -25,8 +25,8 @@ CCP = {
 }
 
 
-def _cfg(path, **extra):
-    return load_config(path, [f"{k.replace('__', '.')}={v}" for k, v in {**CCP, **extra}.items()])
+def _cfg(path, *extra):
+    return load_config(path, [*parse_overrides(CCP), *extra])
 
 
 def test_ccp_trains_through_stages_and_embeds_with_lipschitz_normalisation(digits_config, tmp_path):
@@ -44,8 +44,8 @@ def test_ccp_trains_through_stages_and_embeds_with_lipschitz_normalisation(digit
 def test_proxies_are_sample_embeddings_right_after_initialisation(digits_config, tmp_path):
     trainer = Trainer(_cfg(digits_config), tmp_path / "init", quiet=True)
     method = trainer.method
-    method.on_train_start(trainer)
-    pool = method.candidate_pool(trainer, per_class=5)  # the same seeded draw: the pool the proxies came from
+    method.on_train_start(trainer.context)
+    pool = method.candidate_pool(trainer.context, per_class=5)  # the same seeded draw: the pool the proxies came from
     for c in range(method.num_classes):
         for proxy in method.bank.proxies[c]:
             assert (pool[c] - proxy).abs().amax(dim=1).min() < 1e-6
@@ -59,8 +59,7 @@ def test_ccp_resume_mid_stage_is_exact(digits_config, tmp_path, monkeypatch):
     records = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     first_stage = min(r["step"] for r in records if r["type"] == "ccp_stage")
     stop_at = first_stage + 2  # inside stage 1: θ̄ set, proximal term on, proxies re-initialised
-    monkeypatch.setenv("DEEPMETRIC_CHECKPOINT_EVERY", "1")
-    interrupted = Trainer(_cfg(digits_config), tmp_path / "split", quiet=True)
+    interrupted = Trainer(_cfg(digits_config, "train.checkpoint_every=1"), tmp_path / "split", quiet=True)
 
     def crash(step):
         if step == stop_at:

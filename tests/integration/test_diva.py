@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import deepmetric
-from deepmetric.config import load_config
-from deepmetric.training import Trainer
+from deepmetric.config import load_config, parse_overrides
+from deepmetric.run import build_method
 
 DIVA = {
     "method__name": "diva",
@@ -34,8 +34,8 @@ def test_diva_trains_and_reports_every_loss_part(digits_config, tmp_path):
 
 
 def test_weighted_concatenation_equals_weighted_head_distances(digits_config):
-    cfg = load_config(digits_config, [f"{k.replace('__', '.')}={v}" for k, v in DIVA.items()])
-    method = Trainer(cfg, "/nonexistent-run", existing=True, quiet=True).method.eval()
+    cfg = load_config(digits_config, parse_overrides(DIVA))
+    method = build_method(cfg, in_channels=1, num_classes=5).eval()  # the method alone: no data, no run directory
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
         e = method.embed(x)

@@ -3,10 +3,8 @@ the user's images) build the pretrained EfficientNet-Lite0, score the baseline (
 train a few steps and evaluate on unseen classes."""
 
 import json
-import os
 import string
 
-import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,17 +12,15 @@ from PIL import Image
 import deepmetric
 from deepmetric.cli import main
 
+from ..conftest import dejavu_font_dir
+
 DEJAVU = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Oblique.ttf",
           "DejaVuSerif-Bold.ttf")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def font_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fonts")
-    source = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
-    for name in DEJAVU:
-        os.symlink(os.path.join(source, name), folder / name)
-    return folder
+    return dejavu_font_dir(tmp_path_factory, DEJAVU)
 
 
 def test_demo_preset(tmp_path, font_dir, capsys):
@@ -62,7 +58,7 @@ def test_own_data_preset_on_a_folder(tmp_path):
             dy, dx = rng.integers(0, 40, size=2)
             crop = photo[y + dy : y + dy + 160, x + dx : x + dx + 160]
             Image.fromarray(crop).save(root / f"class_{c:02d}" / f"{i}.jpg")
-    run_dir, metrics = deepmetric.train("configs/own_data.yaml", output=tmp_path / "run", quiet=True,
+    _, metrics = deepmetric.train("configs/own_data.yaml", output=tmp_path / "run", quiet=True,
                                         data__root=str(root), train__max_steps=3, train__eval_every_steps=3,
                                         data__classes_per_batch=4, data__workers=0, augment__size=64,
                                         augment__resize=72, data__load_size=72, report__enabled="false")  # fmt: skip

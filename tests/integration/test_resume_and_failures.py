@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import deepmetric
-from deepmetric.registry import OWN_LOSSES
+from deepmetric.registry import LOSSES
 from deepmetric.training import NonFiniteLossError
 from deepmetric.training.checkpoint import load_checkpoint
 
@@ -22,8 +22,11 @@ def _train_cmd(config, run_dir, *extra):
     return [sys.executable, "-m", "deepmetric", "train", str(config), "--output", str(run_dir), "--quiet", *extra]
 
 
+SETTINGS = ("report.enabled=false", "train.checkpoint_every=2")  # last.pt every 2 steps: kills land between them
+
+
 def _env():
-    return {**os.environ, "DEEPMETRIC_CHECKPOINT_EVERY": "2", "CI": "1", "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _last_logged_step(run_dir):
@@ -39,20 +42,22 @@ def _last_logged_step(run_dir):
 
 def test_resume_after_kill_minus_9_at_random_steps_matches_uninterrupted(digits_config, tmp_path):
     ref = tmp_path / "reference"
-    subprocess.run(_train_cmd(digits_config, ref, "report.enabled=false"), env=_env(), check=True, timeout=300)
+    subprocess.run(_train_cmd(digits_config, ref, *SETTINGS), env=_env(), check=True, timeout=300)
     expected = json.loads((ref / "metrics.json").read_text())
     total = expected["steps"]
-    rng = random.Random(int(time.time()))
+    seed = int(os.environ.get("DEEPMETRIC_TEST_SEED") or time.time())
+    print(f"kill moments drawn with seed {seed} (replay: DEEPMETRIC_TEST_SEED={seed})")
+    rng = random.Random(seed)
     kill_steps = sorted(rng.sample(range(2, total - 1), 3))
     for kill_at in kill_steps:
         run_dir = tmp_path / f"killed-at-{kill_at}"
-        proc = subprocess.Popen(_train_cmd(digits_config, run_dir, "report.enabled=false"), env=_env())
+        proc = subprocess.Popen(_train_cmd(digits_config, run_dir, *SETTINGS), env=_env())
         deadline = time.time() + 240
         while _last_logged_step(run_dir) < kill_at and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert not (run_dir / "metrics.json").exists(), f"run finished before the kill at step {kill_at}"
+        assert not (run_dir / "metrics.json").exists(), f"run finished before the kill at step {kill_at} (seed {seed})"
         subprocess.run(
             _train_cmd(digits_config, run_dir, "--resume", str(run_dir)), env=_env(), check=True, timeout=300
         )
@@ -60,10 +65,12 @@ def test_resume_after_kill_minus_9_at_random_steps_matches_uninterrupted(digits_
         assert got["steps"] == total
         for split in ("val", "test"):
             for key, value in expected[split].items():
-                assert got[split][key] == pytest.approx(value, abs=1e-6), (kill_at, split, key)
+                assert got[split][key] == pytest.approx(value, abs=1e-6), (kill_at, split, key, f"seed {seed}")
         records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
         train_steps = [r["step"] for r in records if r["type"] == "train"]
-        assert train_steps == list(range(1, total + 1)), f"log after resume at {kill_at} is not one clean run"
+        assert train_steps == list(range(1, total + 1)), (
+            f"log after resume at {kill_at} is not one clean run (seed {seed})"
+        )
 
 
 class NaNAfter(torch.nn.Module):
@@ -80,11 +87,10 @@ class NaNAfter(torch.nn.Module):
 
 
 def test_non_finite_loss_stops_with_step_and_parts_and_keeps_last_checkpoint(digits_config, tmp_path, monkeypatch):
-    monkeypatch.setitem(OWN_LOSSES, "nanafter", NaNAfter)
-    monkeypatch.setenv("DEEPMETRIC_CHECKPOINT_EVERY", "2")
+    monkeypatch.setitem(LOSSES, "nanafter", NaNAfter)
     run_dir = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 6 \(loss=nan\).*step 4"):
-        deepmetric.train(digits_config, output=run_dir, quiet=True, loss__name="nan_after")
+        deepmetric.train(digits_config, output=run_dir, quiet=True, loss__name="nan_after", train__checkpoint_every=2)
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())

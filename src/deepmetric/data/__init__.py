@@ -1,38 +1,25 @@
-"""Datasets, protocols, the class-balanced sampler, image decoding and batched augmentation."""
+"""Datasets, protocols, the class-balanced sampler, image decoding and batched augmentation.
+
+``DATASETS`` (`deepmetric.registry.DATASETS`): dataset name → loader ``load(root=None, **options) → ImageTable``, each
+registered at its definition (``@DATASETS.register("cub200")``); importing this package imports every loader module.
+"""
 
 from __future__ import annotations
 
-import difflib
 import inspect
 
-from . import cars196, csv_table, cub200, digits, fashion_mnist, folder, glyphs, inshop, sop
+from ..registry import DATASETS
+from . import cars196, csv_table, cub200, digits, fashion_mnist, folder, glyphs, inshop, sop  # noqa: F401 (register)
 from .augment import AugmentConfig, BatchAugment
 from .images import BadImageError, ImageDataset, collate_batch, decode_image
 from .sampler import ClassBalancedBatchSampler
 from .splits import ProtocolConfig, Splits, class_disjoint_split, kfold_class_splits, make_splits
 from .table import ImageTable
 
-DATASETS = {
-    "fashion_mnist": fashion_mnist.load,
-    "digits": digits.load,
-    "folder": folder.load,
-    "csv": csv_table.load,
-    "cub200": cub200.load,
-    "cars196": cars196.load,
-    "sop": sop.load,
-    "inshop": inshop.load,
-    "glyphs": glyphs.load,
-}
-
 
 def load_dataset(name: str, root=None, **options) -> ImageTable:
     """Load a dataset by name (see ``DATASETS``); ``options`` go to its loader (e.g. ``label_column`` for csv)."""
-    if name not in DATASETS:
-        close = difflib.get_close_matches(name, DATASETS, n=3)
-        raise ValueError(
-            f"unknown dataset {name!r}; valid: {sorted(DATASETS)}" + (f"; did you mean {close}?" if close else "")
-        )
-    loader = DATASETS[name]
+    loader = DATASETS.get(name)
     accepted = set(inspect.signature(loader).parameters) - {"root"}
     unknown = set(options) - accepted
     if unknown:

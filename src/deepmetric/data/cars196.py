@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..registry import DATASETS
 from .files import find_dataset_root
 from .table import ImageTable
 
@@ -31,6 +32,7 @@ def _text(value) -> str:
     return str(value)
 
 
+@DATASETS.register("cars196")
 def load(root=None) -> ImageTable:
     from scipy.io import loadmat
 

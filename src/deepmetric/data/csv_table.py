@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..registry import DATASETS
 from .table import SPLIT_NAMES, ImageTable
 
 _TRUE = {"1", "true", "yes", "y", "t"}
@@ -53,6 +54,7 @@ def _class_names(labels: np.ndarray, names: list[str], column: str, path: Path) 
     return out
 
 
+@DATASETS.register("csv")
 def load(
     root=None,
     file: str = "index.csv",

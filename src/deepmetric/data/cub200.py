@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..registry import DATASETS
 from .files import find_dataset_root, read_rows, require_file
 from .table import ImageTable
 
 N_TRAIN_CLASSES = 100
 
 
+@DATASETS.register("cub200")
 def load(root=None) -> ImageTable:
     base = find_dataset_root(root, "images.txt", "CUB_200_2011")
     images = dict(read_rows(require_file(base / "images.txt", "CUB images.txt"), 2))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..registry import DATASETS
 from .table import ImageTable
 
 COARSE_NAMES = {0: "even", 1: "odd"}
 
 
+@DATASETS.register("digits")
 def load(root=None) -> ImageTable:
     from sklearn.datasets import load_digits
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..registry import DATASETS
 from .table import ImageTable
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -141,6 +142,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
 
+@DATASETS.register("fashion_mnist")
 def load(root=None, download: bool = True) -> ImageTable:
     """All 70,000 images: official split ``train`` (60,000) and ``test`` (10,000)."""
     paths = locate(root, download)

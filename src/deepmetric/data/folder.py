@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..registry import DATASETS
 from .files import IMAGE_EXTENSIONS
 from .table import ImageTable
 
 
+@DATASETS.register("folder")
 def load(root=None) -> ImageTable:
     if root is None:
         raise ValueError("the folder dataset needs root=DIR with one sub-folder of images per class")

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..registry import DATASETS
 from .table import ImageTable
 
 # Debian (bookworm) packages whose faces make the dataset (`make glyph-fonts` installs them with
@@ -494,6 +495,7 @@ def _code_points(chars) -> list[int]:
     return sorted({c if isinstance(c, int) else ord(c) for c in chars})
 
 
+@DATASETS.register("glyphs")
 def load(
     root=None,
     *,

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..registry import DATASETS
 from .files import find_dataset_root, read_rows, require_file
 from .table import ImageTable
 
 
+@DATASETS.register("inshop")
 def load(root=None) -> ImageTable:
     base = find_dataset_root(root, "list_eval_partition.txt", "Eval")
     index = require_file(base / "list_eval_partition.txt", "In-Shop list_eval_partition.txt")

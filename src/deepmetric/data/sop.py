@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..registry import DATASETS
 from .files import find_dataset_root, read_rows, require_file
 from .table import ImageTable
 
@@ -18,6 +19,7 @@ SUPER_CLASSES = [
 ]  # fmt: skip
 
 
+@DATASETS.register("sop")
 def load(root=None) -> ImageTable:
     base = find_dataset_root(root, "Ebay_train.txt", "Stanford_Online_Products")
     paths, labels, coarse, split = [], [], [], []

@@ -1,8 +1,12 @@
-"""deepmetric's own losses (PML call contract: ``loss(embeddings, labels, indices_tuple=None)``)."""
+"""deepmetric's own losses. Those on `MetricLoss` follow PML's call contract,
+``loss(embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None)``, and register by name in
+`deepmetric.registry.LOSSES` at their definitions; DaNCE and the decorrelation are DiVA's parts with their own calls.
+"""
 
-from ..registry import OWN_LOSSES
+from .base import MetricLoss, check_inputs
 from .dance import DaNCELoss, dance_weights
 from .decorrelation import AdversarialDecorrelation, coactivation
+from .geometry import log_inverse_sphere_density
 from .gradient_reversal import GradientReversal, reverse_gradient
 from .margin import DivaMarginLoss
 from .reference_pairs import (
@@ -12,8 +16,6 @@ from .reference_pairs import (
     PairMultiSimilarityLoss,
 )
 
-OWN_LOSSES["divamargin"] = DivaMarginLoss
-
 __all__ = [
     "AdversarialDecorrelation",
     "AllTripletsMarginLoss",
@@ -22,8 +24,11 @@ __all__ = [
     "DivaMarginLoss",
     "GradientReversal",
     "MarginContrastiveLoss",
+    "MetricLoss",
     "PairMultiSimilarityLoss",
+    "check_inputs",
     "coactivation",
     "dance_weights",
+    "log_inverse_sphere_density",
     "reverse_gradient",
 ]

@@ -1,10 +1,10 @@
 """DaNCE: DiVA's self-supervised task, a MoCo-style contrast with distance-adapted negative weights
-(Milbich, Roth et al., ECCV 2020; diva.md §2.6).
+(Milbich, Roth et al., ECCV 2020; formulas as in its official code, ``criteria/fast_moco.py``).
 
 For a query q_i (this network, view A), its key k_i (EMA key encoder, view B) and queue entries Q_j (all L2-normalised):
 
     s⁺_i = q_i·k_i,  s_ij = q_i·Q_j,  d_ij = max(sqrt(2 − 2 s_ij), c_lo)
-    ℓ_ij = (2 − D) ln d_ij − ((D − 3)/2) ln(1 − d_ij²/4)                       (log 1/q(d), as the miner)
+    ℓ_ij = (2 − D) ln d_ij − ((D − 3)/2) ln(1 − d_ij²/4)        (log 1/q(d), Wu et al. 2017, eq. 3; as the miners)
     logits_i = [s⁺_i, ω_i1 s_i1, …, ω_iN s_iN] / T,   L = mean_i CE(logits_i, 0)
 
 The weights ω (detached) multiply the similarity inside the exponent, as in the reference code. ``weighting``:
@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .geometry import log_inverse_sphere_density
+
 WEIGHTINGS = ("fixed", "legacy", "none")
 
 
@@ -26,7 +28,7 @@ def dance_weights(sim: torch.Tensor, dim: int, weighting: str, lower: float = 0.
     if weighting == "none":
         return torch.ones_like(sim)
     d = (2 - 2 * sim).clamp_min(0).sqrt().clamp(min=lower, max=2 - 1e-4)
-    log_w = (2 - dim) * d.log() - ((dim - 3) / 2) * (1 - d.pow(2) / 4).log()
+    log_w = log_inverse_sphere_density(d, dim)
     if weighting == "fixed":
         w = torch.exp(log_w - log_w.max(dim=1, keepdim=True).values)
     else:

@@ -1,4 +1,5 @@
-"""DiVA's adversarial decorrelation of embedding heads (Milbich, Roth et al., ECCV 2020; diva.md §2.7).
+"""DiVA's adversarial decorrelation of embedding heads (Milbich, Roth et al., ECCV 2020; as its official code,
+``criteria/adversarial_separation.py``).
 
 For every explicit (source, target, ρ): ĝ_h = normalize(GRL(f_h)), r = normalize(R_{s→t}(ĝ_s)) with a
 D → hidden → D regressor, C = mean_batch mean_dims (ĝ_t ⊙ r)², and L += −ρ·C. Minimising L trains each regressor

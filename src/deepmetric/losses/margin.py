@@ -6,7 +6,8 @@ For triplets (a, p, n) on L2-normalised embeddings, with d = sqrt(‖·‖² + 1
 
 ``normalization`` chooses N: ``reference`` (DiVA's code: triplets with at least one active hinge),
 ``active_terms`` (active hinge terms counted separately), or ``triplets`` (all triplets). With nothing active the
-loss is 0 (and still differentiable). β is indexed by the anchor's true class for every DiVA task.
+loss is 0 (and still differentiable). β is indexed by the anchor's true class for every DiVA task. With a reference
+set (``ref_emb``, ``ref_labels``), p and n index it and β is still the anchor's.
 """
 
 from __future__ import annotations
@@ -15,11 +16,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..registry import LOSSES
+from .base import MetricLoss
+
 NORMALIZATIONS = ("reference", "active_terms", "triplets")
 
 
-class DivaMarginLoss(nn.Module):
-    """PML call contract: ``loss(embeddings, labels, indices_tuple)`` with triplets ``(a, p, n)``."""
+@LOSSES.register("diva_margin")
+class DivaMarginLoss(MetricLoss):
+    """Triplets ``(a, p, n)`` from a miner: ``loss(embeddings, labels, indices_tuple)``; with a reference set, p and n
+    index it."""
+
+    indices = "triplets"
 
     def __init__(self, num_classes: int, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = True,
                  normalization: str = "reference"):  # fmt: skip
@@ -31,15 +39,14 @@ class DivaMarginLoss(nn.Module):
         self.margin, self.normalization = margin, normalization
         self.beta = nn.Parameter(torch.full((num_classes,), float(beta)), requires_grad=learn_beta)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple=None) -> torch.Tensor:
-        if indices_tuple is None or len(indices_tuple) != 3:
-            raise ValueError("DivaMarginLoss needs triplets (a, p, n) from a miner")
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, own_ref):
         a, p, n = indices_tuple
         if a.numel() == 0:
-            return embeddings.sum() * 0 + self.beta.sum() * 0
+            return self.zero_loss(embeddings)
         x = F.normalize(embeddings, dim=1)
-        d_ap = ((x[a] - x[p]).pow(2).sum(1) + 1e-8).sqrt()
-        d_an = ((x[a] - x[n]).pow(2).sum(1) + 1e-8).sqrt()
+        r = x if own_ref else F.normalize(ref_emb, dim=1)
+        d_ap = ((x[a] - r[p]).pow(2).sum(1) + 1e-8).sqrt()
+        d_an = ((x[a] - r[n]).pow(2).sum(1) + 1e-8).sqrt()
         beta = self.beta[labels[a]]
         pos = F.relu(d_ap - beta + self.margin)
         neg = F.relu(beta - d_an + self.margin)

@@ -1,4 +1,5 @@
-"""The four pair losses CCP is evaluated with, written for an arbitrary reference set (ccp.md §3).
+"""The four pair losses CCP is evaluated with (Gürbüz, Can, Alatan, WACV 2024: C1, C2, MS and triplet, formulas as in
+its official code), written for an arbitrary reference set.
 
 Each loss takes anchors (B × D) and, optionally, a reference set (R × D) with its labels, PML-style:
 ``loss(embeddings, labels, ref_emb=proxies, ref_labels=proxy_labels)``. Without a reference set the batch is its own
@@ -15,30 +16,16 @@ similarities dot products.
   (anchor, positive reference, negative reference). Never forms the B × R × R tensor: per anchor the negative
   distances are sorted once, and for a positive with threshold t = d_ap + m the active negatives are a prefix
   (d_an < t) whose count and sum come from a binary search and prefix sums, so memory is O(B · R). With ~34,000
-  proxies (SOP, K = 4) that is what makes the triplet variant run at all (ccp.md §2.7.5).
+  proxies (SOP, K = 4) that is what makes the triplet variant run at all (the official code's dense triplet tensor
+  cannot).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from ..registry import OWN_LOSSES
-
-
-def _pairs(embeddings, labels, ref_emb, ref_labels):
-    """(anchors, references, positive mask, negative mask) with the anchor's own pair dropped when ref is the batch."""
-    if labels is None:
-        raise ValueError("pair losses need labels")
-    if (ref_emb is None) != (ref_labels is None):
-        raise ValueError("give both ref_emb and ref_labels, or neither")
-    own = ref_emb is None
-    ref, ref_labels = (embeddings, labels) if own else (ref_emb, ref_labels)
-    same = labels.view(-1, 1) == ref_labels.view(1, -1)
-    positive, negative = same.clone(), ~same
-    if own:
-        positive.fill_diagonal_(False)
-    return embeddings, ref, positive, negative
+from ..registry import LOSSES
+from .base import MetricLoss
 
 
 def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -53,13 +40,18 @@ def _mean_nonzero(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * active).sum() / count.clamp_min(1)
 
 
-class _ReferencePairLoss(nn.Module):
-    def forward(self, embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None) -> torch.Tensor:
-        if indices_tuple is not None:
-            raise ValueError(f"{type(self).__name__} uses every pair; it takes no miner")
-        return self.compute(*_pairs(embeddings, labels, ref_emb, ref_labels))
+class _ReferencePairLoss(MetricLoss):
+    """Every (anchor, reference) pair: positives share the anchor's label, negatives do not; no miner."""
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, own_ref):
+        same = labels.view(-1, 1) == ref_labels.view(1, -1)
+        positive, negative = same.clone(), ~same
+        if own_ref:
+            positive.fill_diagonal_(False)
+        return self.compute(embeddings, ref_emb, positive, negative)
 
 
+@LOSSES.register("cosine_contrastive", "ccp_c1")
 class CosineContrastiveLoss(_ReferencePairLoss):
     def __init__(self, margin: float = 0.5, epsilon: float = 1e-5):
         super().__init__()
@@ -72,6 +64,7 @@ class CosineContrastiveLoss(_ReferencePairLoss):
         return (pull.sum() + push.sum()) / a.shape[0]
 
 
+@LOSSES.register("margin_contrastive", "ccp_c2")
 class MarginContrastiveLoss(_ReferencePairLoss):
     def __init__(self, pos_margin: float = 0.0, neg_margin: float = 0.5):
         super().__init__()
@@ -84,6 +77,7 @@ class MarginContrastiveLoss(_ReferencePairLoss):
         )
 
 
+@LOSSES.register("pair_multi_similarity", "ccp_ms")
 class PairMultiSimilarityLoss(_ReferencePairLoss):
     def __init__(self, alpha: float = 2.0, beta: float = 40.0, base: float = 0.5):
         super().__init__()
@@ -102,6 +96,7 @@ class PairMultiSimilarityLoss(_ReferencePairLoss):
         return (pos_term + neg_term).mean()
 
 
+@LOSSES.register("all_triplets_margin", "ccp_triplet")
 class AllTripletsMarginLoss(_ReferencePairLoss):
     def __init__(self, margin: float = 0.1):
         super().__init__()
@@ -118,13 +113,3 @@ class AllTripletsMarginLoss(_ReferencePairLoss):
         # Σ_n (t − d_an) over the active negatives = count · t − (sum of the count smallest negatives)
         total = (count * threshold - prefix.gather(1, count)).where(pos, 0).sum()
         return total / count.sum().clamp_min(1)
-
-
-for _cls, _aliases in (
-    (CosineContrastiveLoss, ("ccpc1",)),
-    (MarginContrastiveLoss, ("ccpc2",)),
-    (PairMultiSimilarityLoss, ("ccpms",)),
-    (AllTripletsMarginLoss, ("ccptriplet",)),
-):
-    for _name in (_cls.__name__.lower().removesuffix("loss"), *_aliases):
-        OWN_LOSSES[_name] = _cls

@@ -1,29 +1,81 @@
-"""The Method protocol: the seam that keeps the trainer generic (DESIGN §4).
+"""The Method seam: what a method declares to the rest of deepmetric, and what the run offers its hooks.
 
-A method owns the model and its losses. The trainer calls ``training_step`` with a batch whose ``views`` are the
-augmented images (``num_views`` of them) and whose ``label`` are contiguous training labels 0..C−1, optimises the
-groups of ``param_groups``, calls ``on_train_start`` before training, ``on_step_end`` after each optimizer step and
-``on_validation_end`` after each validation, and evaluates with ``embed``. ``state_dict`` must carry everything needed
-to resume exactly.
+A method owns the model and its losses. It **declares** (class attributes and classmethods, read before any data
+is loaded): ``Options``, the dataclass of its typed ``method.options`` (validated when the config loads); ``heads``,
+the embedding heads it trains; ``num_views``, the augmented views per training image; ``normalize_embeddings``,
+whether evaluation L2-normalises its test-time embeddings before ranking; ``from_config``, how it is built.
+
+The trainer **calls** ``training_step`` with a batch whose ``views`` are the augmented images and whose ``label``
+are contiguous training labels 0..C−1, optimises the groups of ``param_groups``, and calls the hooks:
+``on_train_start(ctx)`` before training (also after a resume), ``on_step_end(step)`` after each optimizer step,
+``on_validation_end(metrics, ctx)`` after each validation. Evaluation uses ``test_embedding`` (one embedding and,
+for methods with several heads, each head for per-head scoring). ``state_dict`` carries everything needed to
+resume exactly. The hooks see the run only through `MethodContext`, never the trainer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..models import Embedder
 
 
-class Method(nn.Module):
-    """Base class; subclasses implement ``training_step`` and may extend the hooks."""
+@dataclass
+class NoOptions:
+    """A method without ``method.options``."""
 
+
+class MethodContext:
+    """The run as a method's hooks see it.
+
+    Attributes:
+        step: optimizer steps taken so far. optimizer: the run's optimizer (e.g. to reset a parameter's state).
+        train_labels: contiguous labels of the training images, by dataset position. seed: the run's seed.
+        select_key: ``metrics → the selection metric's key`` (``train.select_metric``, resolved in ``metrics``).
+        record: ``(record, text=None)`` → an event into ``log.jsonl`` and a progress line.
+        progress: ``(iterable, description)`` → the iterable with a progress bar (unless the run is quiet).
+        embed_training: ``(positions, fn, seed)`` → ``fn`` of the training images at ``positions`` (dataset
+            positions), with the training augmentation seeded by ``seed``, concatenated in order; under torchrun every
+            process computes part of every batch and all get the whole result. ``fn`` runs without autograd; the
+            caller sets the model's mode.
+    """
+
+    def __init__(self, *, optimizer, train_labels: np.ndarray, seed: int, select_key: Callable[[dict], str],
+                 record: Callable[..., None], progress: Callable[[Iterable, str], Iterable],
+                 embed_training: Callable[..., torch.Tensor], step: int = 0):  # fmt: skip
+        self.optimizer, self.train_labels, self.seed, self.step = optimizer, train_labels, seed, step
+        self.select_key, self.record, self.progress, self.embed_training = select_key, record, progress, embed_training
+
+
+class Method(nn.Module):
+    """Base class; subclasses implement ``training_step`` and may extend the hooks and declarations."""
+
+    Options: type = NoOptions
     num_views: int = 1
+    normalize_embeddings: bool = True
 
     def __init__(self, model: Embedder):
         super().__init__()
         self.model = model
 
+    # ----------------------------------------------------------------------------------------- declarations
+    @classmethod
+    def heads(cls, options: Any, embedding_dim: int) -> dict[str, int]:
+        """The embedding heads the method trains, ``{name: dim}``: one ``embedding`` head by default."""
+        return {"embedding": embedding_dim}
+
+    @classmethod
+    def from_config(cls, cfg, options: Any, model: Embedder, num_classes: int) -> Method:
+        """The method for a run's config (its ``loss`` / ``miner`` sections as the method uses them)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         """``{"loss": total, <named parts for logging>: ...}``. Under torchrun, compute losses on the global batch:
         `deepmetric.distributed.gather_for_loss` (embeddings) and `gather` (labels)."""
@@ -33,11 +85,18 @@ class Method(nn.Module):
         """= ``training_step``, so that DistributedDataParallel can wrap the method."""
         return self.training_step(batch)
 
+    # ----------------------------------------------------------------------------------------- test time
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Test-time embedding (B × D) of preprocessed images."""
         out = self.model(images)
         return next(iter(out.values())) if len(out) == 1 else torch.cat(list(out.values()), dim=1)
 
+    def test_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the test-time embedding, ``{head: its embedding}`` for per-head scoring — empty for one head), from one
+        forward pass."""
+        return self.embed(images), {}
+
+    # ------------------------------------------------------------------------------------------ optimizer
     def extra_parameters(self) -> list[tuple[str, list[nn.Parameter], dict]]:
         """Parameters outside the model (loss proxies, learnable margins): ``[(name, params, group options)]``;
         the options may hold ``lr_mult`` (relative to the base learning rate) and ``weight_decay``."""
@@ -60,13 +119,14 @@ class Method(nn.Module):
         check_param_groups(self, groups)
         return groups
 
-    def on_train_start(self, trainer) -> None:
-        """Before the first step of ``fit`` (also after a resume: check your own state), e.g. CCP's first proxies."""
+    # ---------------------------------------------------------------------------------------------- hooks
+    def on_train_start(self, ctx: MethodContext) -> None:
+        """Before the first step of a run (also after a resume: check your own state), e.g. CCP's first proxies."""
 
     def on_step_end(self, step: int) -> None:
         """After every optimizer step (EMA updates, queues)."""
 
-    def on_validation_end(self, metrics: dict, trainer) -> None:
+    def on_validation_end(self, metrics: dict, ctx: MethodContext) -> None:
         """After every validation (e.g. stage control)."""
 
 

@@ -1,6 +1,8 @@
-"""CCP: chance-constrained multi-proxy DML (Gürbüz, Can, Alatan, WACV 2024; ccp.md §2).
+"""CCP: chance-constrained multi-proxy DML (Gürbüz, Can, Alatan, "Deep Metric Learning with Chance Constraints",
+WACV 2024).
 
-Training runs in stages. A stage minimises (ccp.md §2.2)
+Training runs in stages. A stage minimises the paper's per-stage objective (the proximal form of its
+chance-constrained problem, as the official code computes it)
 
     L(θ, P) = w_batch · ℓ(v̂_B, v̂_B) + w_proxy · ℓ(v̂_B, P̂) + λ/2 · ‖θ − θ̄‖²
 
@@ -10,10 +12,11 @@ excluded) and θ̄ the previous stage's best weights (λ = 0 in the first stage)
 without improvement of the stage metric (``map@r``) a *projection* starts the next stage: θ̄ ← θ_best, and the
 proxies are re-initialised to embeddings of real training images chosen by per-class greedy k-center over a pool of
 ``pool_size`` random images per class (training augmentation, model in eval mode, raw embeddings), seeded with the
-stage's best proxies so the new ones land far from them (§2.4). The run itself ends by the trainer's early stopping
-(``train.early_stopping_patience``, 60 in the paper) and restores the best weights.
+stage's best proxies so the new ones land far from them (the paper's k-center re-initialisation). The run itself
+ends by the trainer's early stopping (``train.early_stopping_patience``, 60 in the paper) and restores the best
+weights.
 
-Quirks of the official code (§2.7) are switches: ``restore_best_on_projection`` (False, as the code: training goes
+Quirks of the official code are switches: ``restore_best_on_projection`` (False, as the code: training goes
 on from the current weights), ``reset_proxy_optimizer_state`` (False, as the code), ``proxy_weight_decay`` (True, as
 the code), ``proxy_lr_mult`` (1, as the code), ``lagged_stage_metric`` (False: the code's one-evaluation lag is a bug
 and off by default). The stage state, θ̄, θ_best and the best proxies are buffers, so resuming mid-stage is exact.
@@ -22,6 +25,7 @@ and off by default). The stage state, θ̄, θ_best and the best proxies are buf
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -29,11 +33,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import distributed
-from ..data import collate_batch
 from ..distributed import gather, gather_for_loss
 from ..models import Embedder
 from ..precision import full_precision
-from .base import Method
+from ..registry import METHODS, build_loss
+from .base import Method, MethodContext
 from .ccp_components import ProximalTerm, ProxyBank, kcenter_per_class, lipschitz_normalize
 
 NORMALIZATIONS = {"lipschitz": lipschitz_normalize, "l2": lambda v: F.normalize(v, dim=-1)}
@@ -41,7 +45,7 @@ NORMALIZATIONS = {"lipschitz": lipschitz_normalize, "l2": lambda v: F.normalize(
 
 def pool_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int) -> np.ndarray:
     """C × ``per_class`` dataset positions: per class a random draw without replacement, reshuffled and continued
-    when the class has fewer images (ccp.md §2.4, step 1)."""
+    when the class has fewer images (the candidate pool of the k-center step)."""
     rng = np.random.default_rng(seed)
     order = np.argsort(labels, kind="stable")
     starts = np.searchsorted(labels[order], np.arange(num_classes + 1))
@@ -55,7 +59,39 @@ def pool_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int
     return out
 
 
+@dataclass
+class CCPOptions:
+    """``method.options`` of CCP (the paper's symbols in brackets; defaults as its official code)."""
+
+    proxies_per_class: int = 8  # [K]
+    pool_size: int = 12  # candidates per class for k-center, as a multiple rule of the official code [b]
+    lam: float = 2e-4  # proximal weight [λ]
+    batch_weight: float = 0.1  # weight of the in-batch pair loss
+    proxy_weight: float = 1.0  # weight of the sample-to-proxy loss
+    stage_patience: int = 3  # validations without improvement that end a stage
+    min_improvement: float = 1e-5
+    normalization: str = "lipschitz"  # lipschitz (v / max(1, ‖v‖)) | l2
+    stage_metric: str | None = None  # None: train.select_metric
+    restore_best_on_projection: bool = False
+    reset_proxy_optimizer_state: bool = False
+    proxy_weight_decay: bool = True
+    proxy_lr_mult: float = 1.0
+    lagged_stage_metric: bool = False
+
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization={self.normalization!r} is not one of {sorted(NORMALIZATIONS)}")
+        sizes = ("proxies_per_class", "pool_size", "stage_patience")
+        small = {k: getattr(self, k) for k in sizes if getattr(self, k) < 1}
+        if small:
+            raise ValueError(f"{small}: proxies_per_class, pool_size and stage_patience must be ≥ 1")
+
+
+@METHODS.register("ccp")
 class CCPMethod(Method):
+    Options = CCPOptions
+    normalize_embeddings = False  # ranked on v / max(1, ‖v‖) (or L2-normalised by the method itself)
+
     def __init__(
         self,
         model: Embedder,
@@ -107,6 +143,14 @@ class CCPMethod(Method):
         self.register_buffer("previous_value", torch.tensor(float("-inf"), dtype=torch.float64))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
+    @classmethod
+    def from_config(cls, cfg, options: CCPOptions, model: Embedder, num_classes: int) -> CCPMethod:
+        if cfg.miner.name not in (None, "", "none"):
+            raise ValueError(f"method 'ccp' uses every (sample, proxy) pair; remove miner.name={cfg.miner.name!r}")
+        loss = build_loss(cfg.loss.name, cfg.loss.params, num_classes=num_classes,
+                          embedding_size=model.dims["embedding"])  # fmt: skip
+        return cls(model, num_classes, loss, seed=cfg.train.seed, **asdict(options))
+
     # ------------------------------------------------------------------------------------------ training
     def normalize(self, v: torch.Tensor) -> torch.Tensor:
         return NORMALIZATIONS[self.normalization](v)
@@ -134,19 +178,19 @@ class CCPMethod(Method):
         return groups + ([("loss", loss_params, {})] if loss_params else [])
 
     # ------------------------------------------------------------------------------------ stage control
-    def on_train_start(self, trainer) -> None:
+    def on_train_start(self, ctx: MethodContext) -> None:
         """Stage 0: proxies from k-center seeded with the origin (the largest-norm candidate first)."""
         if not bool(self.initialised):
-            self.bank.reinitialise(self.select_proxies(trainer, seeds=None))
+            self.bank.reinitialise(self.select_proxies(ctx, seeds=None))
             self.best_proxies.copy_(self.bank.proxies.detach())
             self.initialised.fill_(True)
 
-    def on_validation_end(self, metrics: dict, trainer) -> None:
-        key = self.stage_metric or trainer._select_key(metrics)
+    def on_validation_end(self, metrics: dict, ctx: MethodContext) -> None:
+        key = self.stage_metric or ctx.select_key(metrics)
         if key not in metrics:
             raise KeyError(f"CCP stage_metric {key!r} is not among the validation metrics {sorted(metrics)}")
         value = float(metrics[key])
-        if self.lagged_stage_metric:  # the official code's stale read (ccp.md §2.7.1): decide on the previous value
+        if self.lagged_stage_metric:  # the official code's stale read: decide on the previous value
             current = value
             value = float(self.previous_value)
             self.previous_value.fill_(current)
@@ -160,63 +204,49 @@ class CCPMethod(Method):
         else:
             self.stage_bad += 1
         if int(self.stage_bad) >= self.stage_patience:
-            self.project(trainer)
+            self.project(ctx)
 
     @torch.no_grad()
-    def project(self, trainer) -> None:
+    def project(self, ctx: MethodContext) -> None:
         """End the stage: θ̄ ← θ_best, proxies ← k-center picks seeded with the best proxies; a new stage begins."""
         self.stage += 1
         self.proximal.anchor(list(self.best_weights))
         if self.restore_best_on_projection:
             for p, best in zip(self.proximal.params, self.best_weights, strict=True):
                 p.copy_(best)
-        self.bank.reinitialise(self.select_proxies(trainer, seeds=self.best_proxies))
+        self.bank.reinitialise(self.select_proxies(ctx, seeds=self.best_proxies))
         if self.reset_proxy_optimizer_state:
-            trainer.optimizer.state.pop(self.bank.proxies, None)
+            ctx.optimizer.state.pop(self.bank.proxies, None)
         self.stage_best.fill_(float("-inf"))
         self.stage_bad.zero_()
         stage = int(self.stage)
-        text = f"step {trainer.step}: CCP stage {stage} begins (proxies re-initialised by k-center)"
-        trainer.record({"type": "ccp_stage", "step": trainer.step, "stage": stage}, text)
+        text = f"step {ctx.step}: CCP stage {stage} begins (proxies re-initialised by k-center)"
+        ctx.record({"type": "ccp_stage", "step": ctx.step, "stage": stage}, text)
 
     @torch.no_grad()
-    def select_proxies(self, trainer, seeds: torch.Tensor | None) -> torch.Tensor:
-        """C × K × D raw embeddings of real training images: k-center over the candidate pool (ccp.md §2.4).
+    def select_proxies(self, ctx: MethodContext, seeds: torch.Tensor | None) -> torch.Tensor:
+        """C × K × D raw embeddings of real training images: k-center over the candidate pool.
         Under torchrun every rank ends with rank 0's selection."""
         b, k = self.pool_size, self.per_class
         per_class = k if b == 1 else (b * k if b < k else b)  # the official edge cases
-        pool = self.candidate_pool(trainer, per_class)
+        pool = self.candidate_pool(ctx, per_class)
         picks = pool if b == 1 else kcenter_per_class(pool, k, seeds)[0]  # b = 1: K random images per class
         return distributed.broadcast_(picks.contiguous())
 
     @torch.no_grad()
-    def candidate_pool(self, trainer, per_class: int) -> torch.Tensor:
-        """C × per_class × D raw embeddings of random training images, training augmentation, model in eval mode.
-
-        Seeded by (seed, stage), so a resumed run draws the same pool; under torchrun each rank embeds its slice of
-        every batch (with the augmentation of the whole batch) and the slices are gathered, so the pool equals the
-        single-process one."""
+    def candidate_pool(self, ctx: MethodContext, per_class: int) -> torch.Tensor:
+        """C × per_class × D raw embeddings of random training images, training augmentation, model in eval mode:
+        draw, embed, (the caller runs) k-center. Seeded by (seed, stage), so a resumed run draws the same pool; under
+        torchrun the run's ``embed_training`` shares the work and every process gets the whole pool."""
         seed = self.seed * 7919 + int(self.stage)
-        positions = pool_indices(trainer.train_set.labels, self.num_classes, per_class, seed).reshape(-1)
-        size = trainer.cfg.data.eval_batch_size
-        batches = [positions[s : s + size] for s in range(0, len(positions), size)]
-        if len(batches) > 1 and len(batches[-1]) < distributed.world_size():  # every rank gets part of every batch
-            batches[-2:] = [np.concatenate(batches[-2:])]
-        parts = [(batch, distributed.shard(len(batch))) for batch in batches]
-        loader = torch.utils.data.DataLoader(
-            trainer.train_set, batch_sampler=[batch[part].tolist() for batch, part in parts], collate_fn=collate_batch,
-            num_workers=trainer.cfg.data.workers, generator=torch.Generator(),
-        )  # fmt: skip
+        positions = pool_indices(ctx.train_labels, self.num_classes, per_class, seed).reshape(-1)
         was_training = self.model.training
         self.model.eval()
-        chunks = []
-        for i, batch in enumerate(trainer.progress_iter(loader, "k-center pool")):
-            whole, part = parts[i]
-            images = trainer.train_aug(batch["image"].to(trainer.device), seed=seed * 100_003 + i,
-                                       shard=(len(whole), part.start) if distributed.active() else None)  # fmt: skip
-            chunks.append(distributed.gather_uneven(full_precision(self.model(images)[self.head])))
-        self.model.train(was_training)
-        embeddings = torch.cat(chunks)
+        try:
+            embeddings = ctx.embed_training(positions, lambda images: full_precision(self.model(images)[self.head]),
+                                            seed=seed)  # fmt: skip
+        finally:
+            self.model.train(was_training)
         if len(embeddings) != len(positions):
             raise RuntimeError("the candidate pool lost images (on_bad_image=skip); CCP needs every drawn image")
         return embeddings.view(self.num_classes, per_class, -1).to(self.bank.proxies.device)

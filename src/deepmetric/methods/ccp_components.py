@@ -1,9 +1,9 @@
 """Building blocks of CCP (Gürbüz, Can, Alatan, *Deep Metric Learning with Chance Constraints*, WACV 2024; ccp.md).
 
 - `kcenter_per_class`: batched greedy k-center (farthest-point) selection in every class at once, seeded with the
-  previous stage's proxies (ccp.md §2.4): m[c, i] = min_j ‖X[c, i] − P_old[c, j]‖²; K times pick argmax_i m[c, i] and
-  lower m with the new pick. With no previous proxies the seeds are the origin, so the first pick is the candidate
-  of largest norm (as the official code's zero initialisation).
+  previous stage's proxies (the paper's k-center re-initialisation): m[c, i] = min_j ‖X[c, i] − P_old[c, j]‖²;
+  K times pick argmax_i m[c, i] and lower m with the new pick. With no previous proxies the seeds are the origin,
+  so the first pick is the candidate of largest norm (as the official code's zero initialisation).
 - `ProxyBank`: K proxies per class (C × K × D), flattened with their class labels for a pair loss's reference set,
   re-initialised in place to selected sample embeddings.
 - `ProximalTerm`: λ/2 · ‖θ − θ̄‖² over the network's weights, as a loss whose gradient is the official code's coupled
@@ -81,6 +81,8 @@ class ProximalTerm(nn.Module):
         self.params, self.lam = list(params), float(lam)
         self.anchors = nn.ParameterList([nn.Parameter(p.detach().clone(), requires_grad=False) for p in self.params])
         self.register_buffer("active", torch.zeros((), dtype=torch.bool))
+        self._active = False  # a host copy of ``active``: no device sync in the training step
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_active", bool(module.active)))
 
     @torch.no_grad()
     def anchor(self, weights: list[torch.Tensor] | None = None) -> None:
@@ -89,8 +91,9 @@ class ProximalTerm(nn.Module):
         for a, w in zip(self.anchors, source, strict=True):
             a.copy_(w)
         self.active.fill_(True)
+        self._active = True
 
     def forward(self) -> torch.Tensor:
-        if not bool(self.active) or self.lam == 0:
+        if not self._active or self.lam == 0:
             return self.params[0].sum() * 0
         return 0.5 * self.lam * sum((p - a).pow(2).sum() for p, a in zip(self.params, self.anchors, strict=True))

@@ -19,6 +19,8 @@ distances), with ``test_weights`` (default all 1).
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +30,52 @@ from ..losses import AdversarialDecorrelation, DaNCELoss, DivaMarginLoss
 from ..miners import DistanceWeightedTripletMiner, IntraClassTripletMiner, SharedTripletMiner
 from ..models import Embedder
 from ..precision import full_precision
+from ..registry import METHODS
 from .base import Method
 
 HEADS = ("discriminative", "selfsimilarity", "shared", "intra")
 DEFAULT_PAIRS = (("selfsimilarity", "discriminative"), ("shared", "discriminative"), ("intra", "discriminative"))
 
 
+@dataclass
+class DivaOptions:
+    """``method.options`` of DiVA (the paper's symbols in brackets)."""
+
+    alpha_ssl: float = 0.3  # weight of the DaNCE task [α_ssl]
+    alpha_shared: float = 0.3  # weight of the class-shared task [α_shared]
+    alpha_intra: float = 0.3  # weight of the intra-class task [α_intra]
+    decorrelation: list[list[Any]] | None = None  # [[source, target, ρ], ...]; None: each auxiliary head → disc.
+    rho: float = 1500.0  # decorrelation strength of the default pairs [ρ]
+    queue_size: int = 3360  # DaNCE memory of past keys
+    momentum: float = 0.9  # EMA of the key encoder
+    temperature: float = 0.01  # DaNCE softmax temperature [τ]
+    weighting: str = "fixed"  # DaNCE negative weighting: fixed | legacy | none (plain MoCo)
+    sharing: str = "random"  # class-shared miner's label permutation
+    margin: float = 0.2  # margin loss [α]
+    beta: float = 1.2  # initial per-class boundary [β]
+    beta_lr_mult: float = 50.0
+    regressor_lr_mult: float = 1.0
+    decorrelation_hidden: int = 512
+    test_weights: dict[str, float] = field(default_factory=dict)  # per-head weights of the test-time embedding
+
+    def __post_init__(self):
+        from ..losses.dance import WEIGHTINGS
+
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting={self.weighting!r} is not one of {list(WEIGHTINGS)}")
+        unknown = set(self.test_weights) - set(HEADS)
+        if unknown:
+            raise ValueError(f"test_weights name unknown head(s) {sorted(unknown)}; heads are {list(HEADS)}")
+        for pair in self.decorrelation or []:
+            if len(pair) != 3 or pair[0] not in HEADS or pair[1] not in HEADS:
+                raise ValueError(f"decorrelation entries are [source head, target head, rho], got {list(pair)}")
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size={self.queue_size} must be ≥ 1")
+
+
+@METHODS.register("diva")
 class DivaMethod(Method):
+    Options = DivaOptions
     num_views = 2
 
     def __init__(
@@ -79,6 +120,8 @@ class DivaMethod(Method):
         self.momentum = momentum
         self.register_buffer("queue", torch.zeros(queue_size, dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self._filled = 0  # a host copy of queue_filled: no device sync in the training step
+        self.register_load_state_dict_post_hook(lambda module, keys: module._sync_filled())
         self.beta_lr_mult, self.regressor_lr_mult = beta_lr_mult, regressor_lr_mult
         weights = {h: 1.0 for h in HEADS} | dict(test_weights or {})
         unknown = set(weights) - set(HEADS)
@@ -102,7 +145,7 @@ class DivaMethod(Method):
         for head in ("discriminative", "shared", "intra"):
             triplets = self.miners[head](out[head], labels)
             parts[head] = self.margins[head](out[head], labels, triplets)
-        filled = int(self.queue_filled)
+        filled = self._filled
         parts["dance"] = (
             self.dance(out["selfsimilarity"], self._keys, self.queue[-filled:])
             if filled
@@ -126,8 +169,13 @@ class DivaMethod(Method):
         if self._keys is not None:
             keys = F.normalize(self._keys, dim=1)[-len(self.queue) :]
             self.queue.copy_(torch.cat([self.queue[len(keys) :], keys]))
-            self.queue_filled.fill_(min(int(self.queue_filled) + len(keys), len(self.queue)))
+            self._filled = min(self._filled + len(keys), len(self.queue))
+            self.queue_filled.fill_(self._filled)
             self._keys = None
+
+    def _sync_filled(self) -> None:
+        """After loading a state dict (resume): the host copy from the restored buffer (one sync, not per step)."""
+        self._filled = int(self.queue_filled)
 
     def extra_parameters(self):
         betas = [m.beta for m in self.margins.values() if m.beta.requires_grad]
@@ -137,12 +185,30 @@ class DivaMethod(Method):
              {"lr_mult": self.regressor_lr_mult, "weight_decay": 0.0}),
         ]  # fmt: skip
 
+    @classmethod
+    def heads(cls, options: DivaOptions, embedding_dim: int) -> dict[str, int]:
+        """The four task heads, each ``model.embedding_dim`` wide."""
+        return dict.fromkeys(HEADS, embedding_dim)
+
+    @classmethod
+    def from_config(cls, cfg, options: DivaOptions, model: Embedder, num_classes: int) -> DivaMethod:
+        kwargs = asdict(options)
+        if kwargs["decorrelation"] is not None:
+            kwargs["decorrelation"] = [tuple(p) for p in kwargs["decorrelation"]]
+        return cls(model, num_classes, **kwargs)
+
+    def test_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        heads = self.embed_heads(images)
+        return self.combine(heads), heads
+
     def embed_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return {h: F.normalize(full_precision(e), dim=1) for h, e in self.model(images).items()}
 
-    def combine(self, heads: dict[str, torch.Tensor]) -> torch.Tensor:
-        """normalize(concat(w_h · f_h)) over the four L2-normalised heads."""
-        return F.normalize(torch.cat([self.test_weights[h] * heads[h] for h in HEADS], dim=1), dim=1)
+    def combine(self, heads: dict[str, torch.Tensor], weights: dict[str, float] | None = None) -> torch.Tensor:
+        """normalize(concat(w_h · f_h)) over the four L2-normalised heads, with ``weights`` (default: the method's
+        ``test_weights``)."""
+        w = self.test_weights if weights is None else weights
+        return F.normalize(torch.cat([w[h] * heads[h] for h in HEADS], dim=1), dim=1)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.combine(self.embed_heads(images))

@@ -1,71 +1,57 @@
-"""Method names → builders. The trainer asks here; it never names a method itself."""
+"""Methods by name, their typed options and their heads: what the rest of deepmetric asks of a method's name.
+
+Each method registers at its definition (``@METHODS.register("diva")``); nothing outside ``methods/`` names one.
+"""
 
 from __future__ import annotations
 
 import difflib
-import warnings
+from dataclasses import fields
+from typing import Any
 
-from ..registry import build_loss, build_miner
-from .standard import StandardMethod
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-
-def _standard(cfg, model, num_classes):
-    if cfg.method.options:
-        raise ValueError(f"method 'standard' takes no method.options (got {sorted(cfg.method.options)})")
-    loss = build_loss(cfg.loss.name, cfg.loss.params, num_classes=num_classes, embedding_size=model.dims["embedding"])
-    miner = build_miner(cfg.miner.name, cfg.miner.params)
-    from ..miners import EasyPositiveMiner
-
-    if isinstance(miner, EasyPositiveMiner) and cfg.data.samples_per_class < 3:
-        warnings.warn(
-            f"EPS with data.samples_per_class={cfg.data.samples_per_class}: with fewer than 3 samples per class the "
-            "nearest positive is the only positive, so EPS cannot change anything; use 4 or more",
-            stacklevel=2,
-        )
-    return StandardMethod(model, loss, miner, cfg.loss.lr_mult, cfg.loss.weight_decay)
+from ..registry import METHODS
+from .base import Method
 
 
-def _diva(cfg, model, num_classes):
-    from .diva import DivaMethod
+def method_class(name: str) -> type[Method]:
+    """The registered method ``name`` (an error naming the closest valid names otherwise)."""
+    return METHODS.get(name)
 
-    options = dict(cfg.method.options)
-    if "decorrelation" in options:
-        options["decorrelation"] = [tuple(p) for p in options["decorrelation"]]
+
+def method_options(cfg) -> Any:
+    """``cfg.method.options`` as the method's typed ``Options`` dataclass: an unknown key or a wrong type is an error
+    naming ``method.options.<key>``, the value and the valid keys (checked when the config loads, before any data)."""
+    cls = method_class(cfg.method.name)
+    given = dict(cfg.method.options or {})
+    valid = [f.name for f in fields(cls.Options)]
+    for key in given:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            listing = f"valid: {valid}" if valid else f"method {cfg.method.name!r} takes no options"
+            raise ValueError(f"method.options.{key}: unknown option of method {cfg.method.name!r}{hint} ({listing})")
     try:
-        return DivaMethod(model, num_classes, **options)
-    except TypeError as e:
-        raise ValueError(f"method.options for diva: {e}") from None
-
-
-def _ccp(cfg, model, num_classes):
-    from .ccp import CCPMethod
-
-    if cfg.miner.name not in (None, "", "none"):
-        raise ValueError(f"method 'ccp' uses every (sample, proxy) pair; remove miner.name={cfg.miner.name!r}")
-    loss = build_loss(cfg.loss.name, cfg.loss.params, num_classes=num_classes, embedding_size=model.dims["embedding"])
+        typed = OmegaConf.merge(OmegaConf.structured(cls.Options), given)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        message = str(e).splitlines()[0]
+        raise ValueError(f"method.options.{key}: {message}") from None
     try:
-        return CCPMethod(model, num_classes, loss, seed=cfg.train.seed, **cfg.method.options)
-    except TypeError as e:
-        raise ValueError(f"method.options for ccp: {e}") from None
+        return OmegaConf.to_object(typed)  # runs the options' own value checks (__post_init__)
+    except (ValueError, OmegaConfBaseException) as e:
+        message = str(e).splitlines()[0]
+        raise ValueError(f"method.options of {cfg.method.name!r}: {message}") from None
 
 
-METHODS = {"standard": _standard, "diva": _diva, "ccp": _ccp}
+def method_heads(cfg) -> dict[str, int]:
+    """The embedding heads the configured method trains, ``{name: dim}``."""
+    return method_class(cfg.method.name).heads(method_options(cfg), cfg.model.embedding_dim)
 
 
-def heads(cfg) -> dict[str, int]:
-    """The embedding heads the method trains: one for ``standard``, DiVA's four (each model.embedding_dim)."""
-    if cfg.method.name == "diva":
-        from .diva import HEADS
-
-        return dict.fromkeys(HEADS, cfg.model.embedding_dim)
-    return {"embedding": cfg.model.embedding_dim}
-
-
-def build(cfg, model, num_classes):
-    name = cfg.method.name
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, METHODS, n=3)
-        raise ValueError(
-            f"unknown method {name!r}; valid: {sorted(METHODS)}" + (f"; closest: {close}" if close else "")
-        )
-    return METHODS[name](cfg, model, num_classes)
+def method_from_config(cfg, model, num_classes: int) -> Method:
+    """The configured method around ``model`` (built with `method_heads`)."""
+    cls = method_class(cfg.method.name)
+    return cls.from_config(cfg, method_options(cfg), model, num_classes)

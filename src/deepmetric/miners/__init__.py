@@ -1,18 +1,15 @@
-"""deepmetric's miners (PML call contract: ``miner(embeddings, labels, ref_emb=None, ref_labels=None)``)."""
+"""deepmetric's miners, on `Miner`: ``miner(embeddings, labels, ref_emb=None, ref_labels=None, generator=None)``
+(PML's call contract plus a generator), registered by name in `deepmetric.registry.MINERS` at their definitions."""
 
-from ..registry import OWN_MINERS
+from .base import Miner
 from .diva import DistanceWeightedTripletMiner, IntraClassTripletMiner, SharedTripletMiner
 from .easy_positive import NEGATIVE_STRATEGIES, EasyPositiveMiner
-
-OWN_MINERS["easypositive"] = EasyPositiveMiner
-OWN_MINERS["divadistanceweighted"] = DistanceWeightedTripletMiner
-OWN_MINERS["divashared"] = SharedTripletMiner
-OWN_MINERS["divaintra"] = IntraClassTripletMiner
 
 __all__ = [
     "NEGATIVE_STRATEGIES",
     "DistanceWeightedTripletMiner",
     "EasyPositiveMiner",
     "IntraClassTripletMiner",
+    "Miner",
     "SharedTripletMiner",
 ]

@@ -8,14 +8,17 @@ towards its nearest neighbour of the class, and a class made of several tight, d
 - ``semihard``: ``argmin_{k: y_k ≠ y_i, d_ik > d(i, p*)} d_ik`` (FaceNet); anchors without one are dropped
   (``fallback="drop"``, as PML's ``BatchEasyHardMiner``) or take their hardest negative (``fallback="hardest"``);
 - ``hard``: the nearest negative; ``all``: every negative;
-- ``distance_weighted``: negatives sampled with probability ∝ min(λ, 1/q(d)), q(d) ∝ d^(D−2) (1 − d²/4)^((D−3)/2),
-  d clipped below at ``cutoff`` and weight 0 beyond ``nonzero_loss_cutoff`` (Wu et al. 2017, eq. 3–4);
+- ``distance_weighted``: ``negatives_per_anchor`` negatives drawn with replacement, with probability ∝ 1/q(d),
+  q(d) ∝ d^(D−2) (1 − d²/4)^((D−3)/2) (Wu et al. 2017, eq. 3–4, but without eq. 4's cap λ: the weight is unbounded,
+  so in high dimensions the nearest allowed negatives take nearly all the probability), d clipped below at
+  ``cutoff`` and (1 − d²/4) floored at 1e-8; negatives at d ≥ ``nonzero_loss_cutoff`` are never drawn;
 - ``multi_similarity``: negatives with s_ik + ε > s(i, p*) (Wang et al. 2019 mining, against the one positive;
   the positive itself is never mined away).
 
 Returns PML's pair tuple ``(a1, p, a2, n)``, so it works with PML's and deepmetric's pair and triplet losses (a
-triplet loss forms one triplet per (positive, negative) of an anchor). Selection runs without gradients on
-L2-normalised embeddings; the loss's distances keep theirs, so gradient flows only through the chosen pairs.
+triplet loss forms one triplet per (positive, negative) of an anchor); with a reference set (the `Miner` contract),
+p and n index it. Selection runs without gradients on L2-normalised embeddings; the loss's distances keep theirs, so
+gradient flows only through the chosen pairs. ``generator`` seeds the ``distance_weighted`` draws.
 """
 
 from __future__ import annotations
@@ -23,16 +26,19 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from ..losses.geometry import log_inverse_sphere_density
 from ..precision import full_precision
+from ..registry import MINERS
+from .base import Miner
 
 NEGATIVE_STRATEGIES = ("semihard", "hard", "all", "distance_weighted", "multi_similarity")
 FALLBACKS = ("drop", "hardest")
 
 
-class EasyPositiveMiner(nn.Module):
+@MINERS.register("easy_positive")
+class EasyPositiveMiner(Miner):
     """EPS positives (the k nearest same-class samples) with a choice of negatives.
 
     Args:
@@ -43,6 +49,8 @@ class EasyPositiveMiner(nn.Module):
         cutoff, nonzero_loss_cutoff, negatives_per_anchor: ``distance_weighted`` parameters.
         epsilon: the ``multi_similarity`` margin.
     """
+
+    tuple_size = 4
 
     def __init__(
         self,
@@ -67,19 +75,15 @@ class EasyPositiveMiner(nn.Module):
         self.cutoff, self.nonzero_loss_cutoff = cutoff, nonzero_loss_cutoff
         self.negatives_per_anchor, self.epsilon = negatives_per_anchor, epsilon
 
-    @torch.no_grad()
-    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+    def mine(self, embeddings, labels, ref_emb, ref_labels, own_ref, generator):
         """``(a1, p, a2, n)`` index tensors; with ``ref_emb`` the indices of p and n point into the reference set."""
-        same_set = ref_emb is None
-        ref_emb = embeddings if same_set else ref_emb
-        ref_labels = labels if same_set else ref_labels
         x = F.normalize(full_precision(embeddings.detach()), dim=1)
-        r = x if same_set else F.normalize(full_precision(ref_emb.detach()), dim=1)
+        r = x if own_ref else F.normalize(full_precision(ref_emb.detach()), dim=1)
         sim = x @ r.T
         dist = (2 - 2 * sim).clamp_min(0).sqrt()
         same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
         candidate = same.clone()
-        if same_set:
+        if own_ref:
             candidate.fill_diagonal_(False)
         if self.duplicate_threshold is not None:
             candidate &= sim <= self.duplicate_threshold
@@ -94,13 +98,13 @@ class EasyPositiveMiner(nn.Module):
         # the negatives are chosen against the nearest positive
         d_ap = pos_dist[:, :1]
         has_pos = pos_ok[:, 0]
-        a_neg, n = self._negatives(dist, sim, negative, d_ap, has_pos, x.shape[1])
+        a_neg, n = self._negatives(dist, sim, negative, d_ap, has_pos, x.shape[1], generator)
         kept = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         kept[a_neg] = True
         pos_ok &= kept.unsqueeze(1)  # anchors dropped by the negative rule lose their positives too
         return a_pos[pos_ok], pos_idx[pos_ok], a_neg, n
 
-    def _negatives(self, dist, sim, negative, d_ap, has_pos, dim):
+    def _negatives(self, dist, sim, negative, d_ap, has_pos, dim, generator):
         B = dist.shape[0]
         rows = torch.arange(B, device=dist.device)
         neg = negative & has_pos.unsqueeze(1)
@@ -128,24 +132,23 @@ class EasyPositiveMiner(nn.Module):
                 n = torch.where(use, h, n)
                 ok = ok | use
             return rows[ok], n[ok]
-        return self._distance_weighted(dist, neg, rows, dim)
+        return self._distance_weighted(dist, neg, rows, dim, generator)
 
-    def _distance_weighted(self, dist, neg, rows, dim):
+    def _distance_weighted(self, dist, neg, rows, dim, generator):
         """Wu et al. 2017: sample negatives ∝ 1/q(d) on the unit sphere (log-space for stability)."""
-        d = dist.clamp_min(self.cutoff)
-        log_q = (dim - 2) * torch.log(d) + ((dim - 3) / 2) * torch.log((1 - d.pow(2) / 4).clamp_min(1e-8))
-        log_w = -log_q
+        log_w = log_inverse_sphere_density(dist.clamp_min(self.cutoff), dim)
         allowed = neg & (dist < self.nonzero_loss_cutoff)
         log_w = log_w.masked_fill(~allowed, -math.inf)
         has = allowed.any(dim=1)
         w = torch.exp(log_w - log_w.max(dim=1, keepdim=True).values.clamp_min(-1e30))
         w = w.masked_fill(~allowed, 0)
-        if not bool(has.any()):
-            empty = rows[:0]
-            return empty, empty
-        n = torch.multinomial(w[has], self.negatives_per_anchor, replacement=True)
-        a = rows[has].unsqueeze(1).expand_as(n)
-        return a.reshape(-1), n.reshape(-1)
+        # no host sync: every row draws (a row without an allowed negative from uniform weights) and the draws of
+        # such rows are dropped by the mask
+        w = torch.where(has.unsqueeze(1), w, torch.ones_like(w))
+        n = torch.multinomial(w, self.negatives_per_anchor, replacement=True, generator=generator)
+        a = rows.unsqueeze(1).expand_as(n)
+        keep = has.unsqueeze(1).expand_as(n)
+        return a[keep], n[keep]
 
 
 def _k_smallest(values: torch.Tensor, k: int):

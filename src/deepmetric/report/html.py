@@ -49,7 +49,7 @@ def _image(table, index: int) -> np.ndarray:
     return arr[:, :, 0] if arr.shape[2] == 1 else arr
 
 
-def _figures(run_dir: Path, trainer, test_embedded=None) -> dict[str, Path]:
+def _figures(run_dir: Path, run, test_embedded=None) -> dict[str, Path]:
     out_dir = run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
@@ -57,15 +57,13 @@ def _figures(run_dir: Path, trainer, test_embedded=None) -> dict[str, Path]:
     records = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
     if plots.training_curves(records, out_dir / "curves.png"):
         figures["Training and validation curves"] = out_dir / "curves.png"
-    if trainer is None:
+    if run is None:
         return figures
-    from ..training.evaluate import embed_split, per_class_recall
+    from ..training.evaluate import per_class_recall
 
-    cfg = trainer.cfg
-    emb = test_embedded  # the final evaluation's embeddings when the trainer hands them over
-    if emb is None:
-        emb = embed_split(trainer.method, trainer.test_set, trainer.eval_aug, trainer.device, cfg.data.eval_batch_size)
-    names = trainer.table.class_names
+    cfg, table = run.cfg, run.data.table
+    emb = test_embedded if test_embedded is not None else run.embed("test")  # the trainer hands its final ones over
+    names = table.class_names
     x = F.normalize(emb.embeddings, dim=1)
     plots.tsne(x.numpy(), emb.labels, names, out_dir / "tsne.png", cfg.report.tsne_points, cfg.train.seed)
     figures["t-SNE of the test embeddings"] = out_dir / "tsne.png"
@@ -75,8 +73,8 @@ def _figures(run_dir: Path, trainer, test_embedded=None) -> dict[str, Path]:
     k = min(cfg.report.grid_neighbours, len(emb.labels) - 1)
     if k >= 1:
         nn_idx = (x[q] @ x.T).index_put_((torch.arange(len(q)), torch.as_tensor(q)), torch.tensor(-2.0)).topk(k).indices
-        queries = [_image(trainer.table, int(emb.indices[i])) for i in q]
-        neighbours = [[_image(trainer.table, int(emb.indices[j])) for j in row] for row in nn_idx.tolist()]
+        queries = [_image(table, int(emb.indices[i])) for i in q]
+        neighbours = [[_image(table, int(emb.indices[j])) for j in row] for row in nn_idx.tolist()]
         correct = [
             [bool(emb.labels[j] == emb.labels[i]) for j in row] for i, row in zip(q, nn_idx.tolist(), strict=True)
         ]
@@ -90,7 +88,7 @@ def _figures(run_dir: Path, trainer, test_embedded=None) -> dict[str, Path]:
         if len(fines) > 1:
             members = np.flatnonzero(emb.coarse_labels == coarse)
             members = np.random.default_rng(cfg.train.seed).permutation(members)[: cfg.report.tsne_points]
-            coarse_name = (trainer.table.coarse_names or {}).get(int(coarse), str(coarse))
+            coarse_name = (table.coarse_names or {}).get(int(coarse), str(coarse))
             title = f"coarse class '{coarse_name}': test embeddings by fine class (collapse shows as one blob)"
             plots.coarse_class_plot(x[members].numpy(), emb.labels[members], names, title,
                                     out_dir / "coarse_class.png", cfg.train.seed)  # fmt: skip
@@ -98,13 +96,13 @@ def _figures(run_dir: Path, trainer, test_embedded=None) -> dict[str, Path]:
     return figures
 
 
-def write_report(run_dir: str | Path, trainer=None, test_embedded=None) -> Path:
-    """Write ``report.html`` (+ PNGs) for the run in ``run_dir``; ``trainer`` (with the selected weights loaded)
-    provides the test embeddings for the t-SNE, retrieval grid and per-class plots (``test_embedded``: those
-    embeddings already computed, so the test split is not embedded twice)."""
+def write_report(run_dir: str | Path, run=None, test_embedded=None) -> Path:
+    """Write ``report.html`` (+ PNGs) for the run in ``run_dir``; ``run`` (a `LoadedRun` or the `Trainer`, with the
+    selected weights loaded: ``.cfg``, ``.data``, ``.embed(split)``) provides the test embeddings for the t-SNE,
+    retrieval grid and per-class plots (``test_embedded``: those embeddings already computed)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    figures = _figures(run_dir, trainer, test_embedded)
+    figures = _figures(run_dir, run, test_embedded)
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _metric_rows(metrics)

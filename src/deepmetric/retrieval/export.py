@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import RunError
 from ..training.checkpoint import write_json
 from .model import EmbeddingModel
 
 FORMATS = ("onnx", "torchscript")
 
 
-class ParityError(RuntimeError):
+class ParityError(RunError):
     """The exported model's output differs from the PyTorch model's beyond the tolerance."""
 
 

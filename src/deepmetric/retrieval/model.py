@@ -21,12 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import Config, load_config
+from ..config import Config
 from ..data import BadImageError, BatchAugment, decode_image
 from ..data.augment import NORMALIZATIONS
 from ..data.images import image_to_tensor
-from ..models import build_embedder
-from ..training.checkpoint import load_checkpoint
 
 
 def file_sha256(path: Path) -> str:
@@ -92,25 +90,13 @@ class EmbeddingModel:
 
     @classmethod
     def load(cls, run_dir: str | Path, checkpoint: str = "best", device: str | None = None) -> EmbeddingModel:
-        from ..methods import registry
+        """The run's method with ``checkpoint``'s weights (`deepmetric.run.load_run`), in float32."""
+        from ..run import load_run
 
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
-        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint!r} not found: {path} (choose best or last)")
-        cfg = load_config(run_dir / "config.yaml")
-        state = load_checkpoint(path)
-        if "meta" not in state:
-            raise ValueError(f"{path} predates inference metadata; re-save it with this version of deepmetric")
-        meta = state["meta"]
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = build_embedder(cfg, meta["in_channels"], heads=registry.heads(cfg), load_pretrained=False)
-        method = registry.build(cfg, model, meta["num_classes"])
-        method.load_state_dict(state["method"])
-        source = {"run_dir": str(run_dir.resolve()), "checkpoint": checkpoint, "checkpoint_sha256": file_sha256(path)}
-        return cls(method.to(dev), cfg, meta, source, dev)
+        run = load_run(run_dir, checkpoint, device or "auto", dtype="float32")
+        source = {"run_dir": str(Path(run_dir).resolve()), "checkpoint": checkpoint,
+                  "checkpoint_sha256": file_sha256(run.checkpoint)}  # fmt: skip
+        return cls(run.method, run.cfg, run.meta, source, run.device)
 
     # ------------------------------------------------------------------------------------------ inputs
     def to_uint8(self, image) -> torch.Tensor:

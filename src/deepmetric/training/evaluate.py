@@ -49,13 +49,10 @@ def embed_split(method, dataset: ImageDataset, augment: BatchAugment, device, ba
     per_head: dict[str, list] = {}
     for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress or None, leave=False):
         images = augment(batch["image"].to(device, non_blocking=True))
-        if hasattr(method, "embed_heads"):  # one forward gives every head and their combination
-            heads = method.embed_heads(images)
-            for name, e in heads.items():
-                per_head.setdefault(name, []).append(e.float().cpu())
-            chunks.append(method.combine(heads).float().cpu())
-        else:
-            chunks.append(method.embed(images).float().cpu())
+        embedding, heads = method.test_embedding(images)  # multi-head methods: each head too, from one forward
+        for name, e in heads.items():
+            per_head.setdefault(name, []).append(e.float().cpu())
+        chunks.append(embedding.float().cpu())
         labels.append(batch["label"].numpy())
         coarse.append(batch["coarse_label"].numpy())
         indices.append(batch["index"].numpy())
@@ -85,16 +82,19 @@ def gather_embedded(emb: Embedded) -> Embedded:
 
 
 def score(emb: Embedded, cfg: EvalConfig, *, query_mask=None, gallery_mask=None, superclass: bool = False,
-          seed: int = 0) -> dict[str, float]:  # fmt: skip
+          seed: int = 0, normalize: bool | None = None) -> dict[str, float]:  # fmt: skip
     """Retrieval (+ clustering) metrics, ``fine/`` and ``coarse/`` prefixed under the superclass protocol, and the
-    collapse diagnostics (``intra_class_variance``, and ``spread_ratio`` when coarse labels exist)."""
+    collapse diagnostics (``intra_class_variance``, and ``spread_ratio`` when coarse labels exist). ``normalize``:
+    L2-normalise before ranking (default ``cfg.normalize``, itself defaulting to True)."""
+    if normalize is None:
+        normalize = True if cfg.normalize is None else cfg.normalize
     targets = {"": emb.labels}
     if superclass:
         targets = {"fine/": emb.labels, "coarse/": emb.coarse_labels}
     out: dict[str, float] = {}
     for prefix, labels in targets.items():
         kwargs = dict(ks=tuple(cfg.ks), average=cfg.average, backend=cfg.backend, memory_budget=cfg.memory_budget,
-                      normalize=cfg.normalize)  # fmt: skip
+                      normalize=normalize)  # fmt: skip
         if query_mask is not None:
             m = retrieval_metrics(emb.embeddings[query_mask], labels[query_mask], emb.embeddings[gallery_mask],
                                   labels[gallery_mask], **kwargs)  # fmt: skip

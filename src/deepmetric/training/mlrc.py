@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, load_config
-from .checkpoint import load_checkpoint, write_json, write_text
+from ..config import load_config
+from .checkpoint import write_json, write_text
 
 METRICS = ("precision@1", "r_precision", "map@r")
 
@@ -40,29 +40,25 @@ def train_fold(config: str | Path, run_dir: Path, overrides: list[str], quiet: b
 
 def ensemble_metrics(run_dirs: list[Path], device: str | None = None) -> dict:
     """Per-model and concatenated-ensemble test metrics of finished fold runs."""
-    from .trainer import Trainer
+    from ..run import load_run
 
-    per_model, parts, reference = [], [], None
+    per_model, parts, reference, run = [], [], None, None
     for run_dir in run_dirs:
-        cfg: Config = load_config(run_dir / "config.yaml", [f"train.device={device}"] if device else [])
-        trainer = Trainer(cfg, run_dir, existing=True, quiet=True)
-        trainer.method.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["method"])
-        emb = trainer.embed("test")
+        run = load_run(run_dir, "best", device)
+        emb = run.embed("test")
         if reference is not None and not (emb.indices == reference.indices).all():
             raise ValueError(f"{run_dir}: its test split differs from the first fold's; folds must share a test set")
         reference = emb if reference is None else reference
-        metrics = trainer.score("test", emb)
+        metrics = run.score("test", emb)
         per_model.append({k: metrics[k] for k in METRICS})
         parts.append(F.normalize(emb.embeddings, dim=1))
-    reference.embeddings = torch.cat(parts, dim=1)
-    reference.heads = None
-    concatenated = trainer.score("test", reference)
+    concatenated = run.score("test", reference.with_embeddings(torch.cat(parts, dim=1)))
     summary = {
         "models": per_model,
         "mean": {k: statistics.mean(m[k] for m in per_model) for k in METRICS},
         "std": {k: statistics.stdev(m[k] for m in per_model) if len(per_model) > 1 else 0.0 for k in METRICS},
         "concatenated": {k: concatenated[k] for k in METRICS},
-        "dims": {"single": int(parts[0].shape[1]), "concatenated": int(reference.embeddings.shape[1])},
+        "dims": {"single": int(parts[0].shape[1]), "concatenated": sum(int(p.shape[1]) for p in parts)},
     }
     return summary
 

@@ -1,4 +1,5 @@
-"""Learning-rate schedules with linear warm-up: none, step, multistep, cosine, plateau.
+"""Learning-rate schedules with linear warm-up: none, step, multistep, cosine, plateau (each registered in
+``SCHEDULES`` at its definition).
 
 lr(step) = base_lr(group) · warmup(step) · decay(step) · plateau_multiplier, where cosine decays from 1 to
 ``min_lr / base_lr`` over the steps after warm-up. A plain ``state_dict`` lets a resumed run continue exactly.
@@ -7,28 +8,56 @@ lr(step) = base_lr(group) · warmup(step) · decay(step) · plateau_multiplier, 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from ..config import ScheduleConfig
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..config import ScheduleConfig
+
+SCHEDULES = Registry("schedule")  # name → decay(cfg, step, base_lr, total_steps) → multiplier of the base lr
+
+
+@SCHEDULES.register("none")
+def constant(cfg: ScheduleConfig, step: int, base_lr: float, total_steps: int) -> float:
+    return 1.0
+
+
+@SCHEDULES.register("step")
+def step_decay(cfg: ScheduleConfig, step: int, base_lr: float, total_steps: int) -> float:
+    return cfg.gamma ** (step // cfg.step_size)
+
+
+@SCHEDULES.register("multistep")
+def multistep(cfg: ScheduleConfig, step: int, base_lr: float, total_steps: int) -> float:
+    return cfg.gamma ** sum(step >= m for m in cfg.milestones)
+
+
+@SCHEDULES.register("cosine")
+def cosine(cfg: ScheduleConfig, step: int, base_lr: float, total_steps: int) -> float:
+    t = min(1.0, max(0, step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    floor = min(1.0, cfg.min_lr / base_lr) if base_lr > 0 else 0.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@SCHEDULES.register("plateau")
+def plateau(cfg: ScheduleConfig, step: int, base_lr: float, total_steps: int) -> float:
+    """1 per step: `LRSchedule.on_validation` decays the rate after evaluations without improvement."""
+    return 1.0
 
 
 class LRSchedule:
+    """The schedule ``cfg.name`` names (see ``SCHEDULES``; an unknown name is an error) over ``optimizer``'s groups."""
+
     def __init__(self, cfg: ScheduleConfig, optimizer, total_steps: int):
+        self.decay = SCHEDULES.get(cfg.name)
         self.cfg, self.optimizer, self.total_steps = cfg, optimizer, max(1, total_steps)
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self.plateau_mult, self.plateau_best, self.plateau_bad = 1.0, None, 0
         self.apply(0)
 
     def _decay(self, step: int, base_lr: float) -> float:
-        c = self.cfg
-        if c.name == "step":
-            return c.gamma ** (step // c.step_size)
-        if c.name == "multistep":
-            return c.gamma ** sum(step >= m for m in c.milestones)
-        if c.name == "cosine":
-            t = min(1.0, max(0, step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps))
-            floor = min(1.0, c.min_lr / base_lr) if base_lr > 0 else 0.0
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-        return 1.0
+        return self.decay(self.cfg, step, base_lr, self.total_steps)
 
     def apply(self, step: int) -> None:
         """Set every group's learning rate for ``step`` (the step about to be taken)."""

@@ -1,9 +1,7 @@
 """The glyphs dataset, built from matplotlib's bundled DejaVu fonts (hermetic: no system font packages needed)."""
 
-import os
 import unicodedata
 
-import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -11,6 +9,8 @@ from fontTools.ttLib import TTFont
 from PIL import ImageFont
 
 from deepmetric.data import DATASETS, glyphs, load_dataset, make_splits
+
+from ...conftest import dejavu_font_dir
 
 DEJAVU = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")
 CHARS = "0137AaBbEeéÉGgŁłЖжДдλωΣ"
@@ -21,11 +21,7 @@ CJK = "\u4e00"  # in no DejaVu face
 @pytest.fixture(scope="module")
 def font_dir(tmp_path_factory):
     """A folder of links to four DejaVu faces that matplotlib ships."""
-    folder = tmp_path_factory.mktemp("fonts")
-    source = os.path.join(matplotlib.get_data_path(), "fonts", "ttf")
-    for name in DEJAVU:
-        os.symlink(os.path.join(source, name), folder / name)
-    return folder
+    return dejavu_font_dir(tmp_path_factory, DEJAVU)
 
 
 def small(root, font_dir, **options):

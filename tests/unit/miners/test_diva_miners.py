@@ -18,7 +18,7 @@ def batch(seed=0, classes=8, per_class=4, dim=32):
 def test_distance_weighted_constraints():
     x, y = batch()
     y[-1] = 99  # a singleton: never an anchor
-    a, p, n = DistanceWeightedTripletMiner()(x, y, torch.Generator().manual_seed(1))
+    a, p, n = DistanceWeightedTripletMiner()(x, y, generator=torch.Generator().manual_seed(1))
     assert len(a) == len(y) - 1 and 31 not in a.tolist()
     assert (y[a] == y[p]).all() and (a != p).all() and (y[a] != y[n]).all()
 
@@ -33,30 +33,30 @@ def test_distance_weighting_prefers_near_negatives():
     x = torch.stack([point(0), point(1), point(40), point(100)])
     y = torch.tensor([0, 0, 1, 2])
     g = torch.Generator().manual_seed(0)
-    picks = [DistanceWeightedTripletMiner()(x, y, g)[2][0].item() for _ in range(200)]
+    picks = [DistanceWeightedTripletMiner()(x, y, generator=g)[2][0].item() for _ in range(200)]
     assert picks.count(2) > 190  # weight ratio (d^-62 …) makes the far negative vanishingly rare
 
 
 @pytest.mark.parametrize("sharing", ["standard", "full"])
 def test_shared_standard_and_full_use_three_classes(sharing):
     x, y = batch(seed=2)
-    a, p, n = SharedTripletMiner(sharing)(x, y, torch.Generator().manual_seed(3))
+    a, p, n = SharedTripletMiner(sharing)(x, y, generator=torch.Generator().manual_seed(3))
     assert len(a) == len(y)
     assert (y[a] != y[n]).all() and (y[a] != y[p]).all() and (y[p] != y[n]).all()
 
 
 def test_shared_random_permutes_the_labels():
     x, y = batch(seed=4, classes=16, per_class=2)
-    a, p, n = SharedTripletMiner("random")(x, y, torch.Generator().manual_seed(5))
+    a, p, n = SharedTripletMiner("random")(x, y, generator=torch.Generator().manual_seed(5))
     assert len(a) == len(y)
     assert (y[a] != y[p]).float().mean() > 0.7  # positives are mostly other real classes
-    again = SharedTripletMiner("random")(x, y, torch.Generator().manual_seed(5))
+    again = SharedTripletMiner("random")(x, y, generator=torch.Generator().manual_seed(5))
     assert all(torch.equal(u, v) for u, v in zip((a, p, n), again, strict=True))
 
 
 def test_intra_class_triplets_stay_in_one_class():
     x, y = batch(seed=6)
-    a, p, n = IntraClassTripletMiner()(x, y, torch.Generator().manual_seed(7))
+    a, p, n = IntraClassTripletMiner()(x, y, generator=torch.Generator().manual_seed(7))
     assert len(a) == len(y) and (y[a] == y[p]).all() and (y[a] == y[n]).all()
     assert (a == p).any()  # drawn with replacement, as in the reference code
 

@@ -69,7 +69,7 @@ def test_weight_file_errors(tmp_path):
 
 
 def test_unknown_backbone_and_pretrained_without_hub():
-    with pytest.raises(ValueError, match="closest"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'small_cnm'; did you mean \['small_cnn'"):
         build_backbone("small_cnm")
     with pytest.raises(ValueError, match="no ImageNet weights"):
         build_backbone("small_cnn", pretrained=True)

@@ -1,23 +1,29 @@
-"""CCP stage control driven by a scripted validation sequence (no data: the proxy selection is stubbed)."""
+"""CCP stage control driven by a scripted validation sequence (no data: the proxy selection is stubbed), through the
+declared `MethodContext` alone."""
 
+import numpy as np
 import pytest
 import torch
 
 from deepmetric.losses import MarginContrastiveLoss
+from deepmetric.methods import MethodContext
 from deepmetric.methods.ccp import CCPMethod, pool_indices
 from deepmetric.models import Embedder, build_backbone
 
 
-class ScriptedTrainer:
+class ScriptedContext(MethodContext):
+    """A run context with an optimizer, a selection key and a record list; embedding images is not needed here."""
+
     def __init__(self, method):
-        self.step, self.records = 0, []
-        self.optimizer = torch.optim.Adam(method.param_groups(1e-3, 0.0))
+        self.records = []
 
-    def _select_key(self, metrics):
-        return "map@r"
+        def unused(*args, **kwargs):
+            raise AssertionError("the stubbed proxy selection embeds nothing")
 
-    def record(self, record, text=None):
-        self.records.append(record)
+        super().__init__(optimizer=torch.optim.Adam(method.param_groups(1e-3, 0.0)), train_labels=np.zeros(0),
+                         seed=0, select_key=lambda metrics: "map@r",
+                         record=lambda record, text=None: self.records.append(record),
+                         progress=lambda iterable, description: iterable, embed_training=unused)  # fmt: skip
 
 
 def make_method(**options):
@@ -35,7 +41,7 @@ def make_method(**options):
 
 
 def drive(method, values, trainer=None):
-    trainer = trainer or ScriptedTrainer(method)
+    trainer = trainer or ScriptedContext(method)
     method.on_train_start(trainer)
     stages = []
     for i, v in enumerate(values):
@@ -64,7 +70,7 @@ def test_min_improvement_counts_tiny_gains_as_no_improvement():
 
 def test_projection_anchors_the_proximal_term_at_the_stage_best_weights_and_seeds_with_the_best_proxies():
     method, calls = make_method(stage_patience=1, lam=0.5)
-    trainer = ScriptedTrainer(method)
+    trainer = ScriptedContext(method)
     method.on_train_start(trainer)
     params = method.proximal.params
     assert method.proximal().item() == 0  # λ = 0 in the first stage
@@ -90,7 +96,7 @@ def test_projection_anchors_the_proximal_term_at_the_stage_best_weights_and_seed
 
 def test_restore_best_and_reset_proxy_optimizer_state_switches():
     method, _ = make_method(stage_patience=1, restore_best_on_projection=True, reset_proxy_optimizer_state=True)
-    trainer = ScriptedTrainer(method)
+    trainer = ScriptedContext(method)
     method.on_train_start(trainer)
     trainer.optimizer.state[method.bank.proxies]["exp_avg"] = torch.ones(1)
     method.on_validation_end({"map@r": 0.4}, trainer)
