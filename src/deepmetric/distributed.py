@@ -59,7 +59,11 @@ def setup(device: str) -> torch.device:
 
 
 def teardown() -> None:
+    """Leave the process group together: every rank waits for the others (rank 0 may still be writing the report)
+    before destroying it, since a rank that exits while another still uses gloo's connections can abort."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

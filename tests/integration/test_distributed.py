@@ -54,7 +54,9 @@ def _env():
 
 
 def _train(config, run_dir, processes: int, *extra):
-    cli = ["-m", "deepmetric", "train", str(config), "--output", str(run_dir), "--quiet", *extra]
+    # a resumed run continues with its own config.yaml: no config file with --resume
+    where = [] if "--resume" in extra else [str(config), "--output", str(run_dir)]
+    cli = ["-m", "deepmetric", "train", *where, "--quiet", *extra]
     if processes == 1:
         cmd = [sys.executable, *cli]
     else:
