@@ -4,13 +4,18 @@ Required columns ``path`` and ``label``; optional ``split`` (train / test / quer
 ``is_gallery`` (0/1, true/false) and ``coarse_label``. Relative paths are relative to the CSV's folder. Labels
 and coarse labels may be integers or strings (strings are mapped to integers in sorted order, the names kept).
 Other column names can be chosen with ``label_column`` and ``coarse_column`` (e.g. the glyph benchmark's
-``base_letter``). ``name_column`` (default ``class_name`` when present) gives integer labels display names for
-reports, e.g. the glyph benchmark's ``char``; it must name each class one way.
+``base_letter``). Label values are normalised before classes are formed: surrounding spaces go, and numbers are
+compared as numbers ("5", "5.0" and " 5" are one class 5; "5.5" among integers is an error). A row repeating an
+earlier row's path with the same label is dropped (counted in ``extra["duplicates_dropped"]`` and warned about); the
+same path under two labels is an error naming both rows. ``name_column`` (default ``class_name`` when present) gives
+integer labels display names for reports, e.g. the glyph benchmark's ``char``; it must name each class one way;
+without it integer labels are their own names.
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +27,59 @@ _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 
 
+def _normalise(value: str) -> str:
+    """A label as a canonical string: stripped; an integral number written as an integer ("5.0", " 5" → "5")."""
+    value = value.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return str(int(number)) if number.is_integer() else value
+
+
 def _encode(values: list[str], column: str, path: Path):
     """Integers stay integers; anything else is mapped to 0..C-1 in sorted order. Returns (codes, names)."""
+    values = [_normalise(v) for v in values]
     try:
         return np.array([int(v) for v in values], dtype=np.int64), None
     except ValueError:
         pass
+    fractional = [v for v in values if _is_number(v)]
+    if fractional and len(fractional) == len(values):
+        raise ValueError(f"{path}: column {column!r} has non-integer numbers such as {fractional[0]!r}; labels must "
+                         "be integers or names")  # fmt: skip
     names = sorted(set(values))
     if "" in names:
         raise ValueError(f"{path}: column {column!r} has empty values (row {values.index('') + 2})")
     index = {n: i for i, n in enumerate(names)}
     return np.array([index[v] for v in values], dtype=np.int64), dict(enumerate(names))
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _drop_duplicates(rows: list[dict], paths: list[str], label_column: str, path: Path) -> tuple[list, list, int]:
+    """Rows whose path repeats an earlier row's with the same (normalised) label dropped; a path with two labels is
+    an error naming both rows."""
+    first: dict[str, int] = {}
+    keep = []
+    for i, p in enumerate(paths):
+        key = str(Path(p).resolve())
+        if key in first:
+            j = first[key]
+            a, b = _normalise(rows[j][label_column]), _normalise(rows[i][label_column])
+            if a != b:
+                raise ValueError(f"{path}: rows {j + 2} and {i + 2} list the same image {p} with labels {a!r} and "
+                                 f"{b!r}; an image has one class")  # fmt: skip
+            continue
+        first[key] = i
+        keep.append(i)
+    return [rows[i] for i in keep], [paths[i] for i in keep], len(paths) - len(keep)
 
 
 def _flags(values: list[str], column: str, path: Path) -> np.ndarray:
@@ -81,12 +128,19 @@ def load(
         raise ValueError(f"{path}: no rows")
     base = path.parent
     paths = [r["path"] if Path(r["path"]).is_absolute() else str(base / r["path"]) for r in rows]
+    rows, paths, duplicates = _drop_duplicates(rows, paths, label_column, path)
+    if duplicates:
+        message = (f"{path}: {duplicates} duplicate row(s) dropped (the same image listed twice with the same label); "
+                   "a duplicate could otherwise land in both training and validation")  # fmt: skip
+        warnings.warn(message, stacklevel=2)
     labels, class_names = _encode([r[label_column] for r in rows], label_column, path)
     name_column = name_column or ("class_name" if "class_name" in columns else None)
     if name_column:
         if name_column not in columns:
             raise ValueError(f"{path}: name column {name_column!r} not found; columns are {columns}")
         class_names = _class_names(labels, [r[name_column] for r in rows], name_column, path)
+    if class_names is None:  # integer labels: their values name them in reports and `datasets info`
+        class_names = {int(c): str(c) for c in np.unique(labels)}
     split = np.array([r.get("split") or "all" for r in rows], dtype=object)
     bad = sorted(set(split.tolist()) - set(SPLIT_NAMES))
     if bad:
@@ -111,4 +165,5 @@ def load(
         is_query=flags["is_query"],
         is_gallery=flags["is_gallery"],
         root=str(path),
+        extra={"duplicates_dropped": duplicates},
     )

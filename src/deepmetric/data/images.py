@@ -11,6 +11,8 @@ batch and reported in the batch's ``"bad_paths"`` list so the trainer can count 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from PIL import Image, ImageOps
 from .table import ImageTable
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+PROBE_IMAGES = 64  # images whose header sizes are read to learn a file dataset's native size
 
 
 class BadImageError(RuntimeError):
@@ -34,6 +37,42 @@ def decode_image(path: str, channels: int, load_size: int | None) -> torch.Tenso
         raise BadImageError(f"image not found: {path}") from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise BadImageError(f"cannot decode image {path}: {e}") from e
+
+
+def native_size(table: ImageTable, probe: int = PROBE_IMAGES) -> int | None:
+    """The median shorter side of up to ``probe`` evenly spaced images of a file dataset (headers only, no
+    decoding); the in-memory image size otherwise; None when no probed file can be opened."""
+    if table.images is not None:
+        return int(min(table.images.shape[-2:]))
+    positions = np.unique(np.linspace(0, len(table.paths) - 1, num=min(probe, len(table.paths))).round().astype(int))
+    sides = []
+    for i in positions:
+        try:
+            with Image.open(table.paths[i]) as img:
+                sides.append(min(img.size))
+        except (OSError, ValueError):
+            continue
+    return int(np.median(sides)) if sides else None
+
+
+def resolve_load_size(table: ImageTable, requested: int | None, needed: int) -> int | None:
+    """The decode size of a file dataset's images (None for in-memory data). ``requested`` None: the images' native
+    size, capped at ``needed`` (what the augmentation crops or resizes to). A requested size far from the native
+    one (more than 2 × above it, or below both a quarter of it and ``needed``) is used, with a warning naming both."""
+    if table.paths is None:
+        return None
+    native = native_size(table)
+    if requested is None:
+        return needed if native is None else min(native, needed)
+    if native is not None and (requested > 2 * native or (requested < native / 4 and requested < needed)):
+        warnings.warn(
+            f"data.load_size={requested} but the images of {table.name} ({table.root}) are about {native} px (median "
+            f"shorter side): each image is {'up' if requested > native else 'down'}sampled to {requested} px before "
+            f"the augmentation takes {needed} px from it; leave data.load_size unset (it then follows the images) or "
+            f"set it near {min(native, needed)}",
+            stacklevel=2,
+        )
+    return requested
 
 
 def image_to_tensor(img: Image.Image, channels: int, load_size: int | None) -> torch.Tensor:
@@ -145,9 +184,10 @@ class ImageDataset(torch.utils.data.Dataset):
             path = self.table.paths[self.indices[p]]
             try:
                 image = decode_image(path, self.channels, self.load_size)
-            except BadImageError:
+            except BadImageError as e:
                 if self.on_bad_image == "error":
-                    raise
+                    raise BadImageError(f"{e}; fix or remove the file, or set data.on_bad_image=skip to leave "
+                                        "unreadable images out (they are counted in metrics.json)") from e  # fmt: skip
                 bad.append(path)
                 continue
             items.append((image, p))

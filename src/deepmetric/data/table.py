@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 SPLIT_NAMES = ("train", "test", "query", "gallery", "all")
+SUMMARY_NAMES = 200  # class names listed by summary() (datasets info)
 
 
 @dataclass
@@ -70,7 +71,9 @@ class ImageTable:
         return np.flatnonzero(np.isin(self.split, splits))
 
     def summary(self) -> dict:
-        """``{"name", "images", "classes", "splits": {split: {"images", "classes"}}}`` (for ``datasets info``)."""
+        """``{"name", "images", "classes", "splits": {split: {"images", "classes"}}, "class_names", ...}`` with what
+        the loader left out (empty class folders, link problems, dropped duplicates, non-image files), for
+        ``deepmetric datasets info``."""
         out = {"name": self.name, "images": len(self), "classes": len(np.unique(self.labels)), "splits": {}}
         for s in [s for s in SPLIT_NAMES if (self.split == s).any()]:
             idx = self.indices(s)
@@ -80,4 +83,12 @@ class ImageTable:
         if self.is_query is not None:
             out["query_images"] = int(self.is_query.sum())
             out["gallery_images"] = int(self.is_gallery.sum())
+        if self.class_names:
+            names = [str(self.class_names.get(int(c), c)) for c in np.unique(self.labels)]
+            out["class_names"] = names if len(names) <= SUMMARY_NAMES else [*names[:SUMMARY_NAMES], "…"]
+        for key in ("empty_class_folders", "link_problems", "duplicates_dropped"):
+            if self.extra.get(key):
+                out[key] = self.extra[key]
+        if self.extra.get("ignored_files"):
+            out["ignored_files"] = len(self.extra["ignored_files"])
         return out
