@@ -20,7 +20,8 @@ from pathlib import Path
 if not __package__:  # run as `python benchmarks/quality.py`: import `benchmarks` from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._report import command_line, emit, mean_std, overrides_from, train_once
+from benchmarks._report import command_line, emit, overrides_from, train_once
+from deepmetric.compare import compare
 
 METRICS = ("recall@1", "map@r", "nmi")
 # the standard-loss presets of configs/fashion_mnist (the eps_*/vanilla_* twins have their own benchmark)
@@ -43,24 +44,28 @@ def main(argv=None):
     args = ap.parse_args(argv)
     folder = Path("configs/fashion_mnist")
     names = args.presets or list(PRESETS)
-    rows = []
+    run_dirs, seconds = [], []
     for name in names:
         preset = folder / f"{name}.yaml"
         if not preset.is_file():
             raise SystemExit(f"no preset {preset}")
         t0 = time.perf_counter()
-        results = [run_one(preset, s, Path(args.runs), args.set)["test"] for s in args.seeds]
-        cells = [mean_std([r[m] for r in results]) for m in METRICS]
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {(time.perf_counter() - t0) / len(args.seeds):.0f} |")
-        print(rows[-1], flush=True)
+        for seed in args.seeds:
+            run_one(preset, seed, Path(args.runs), args.set)
+            run_dirs.append(str(Path(args.runs) / f"{preset.stem}-seed{seed}"))
+        seconds.append(f"{name} {(time.perf_counter() - t0) / len(args.seeds):.0f}")
+        print(f"{name}: done", flush=True)
+    # the table is deepmetric compare's (groups = the runs' configs minus the seed), as a user would make it
+    table = compare(run_dirs, list(METRICS), split="test", fmt="markdown")
     lines = [
         command_line(),
         "",
-        f"Fashion-MNIST zero-shot (train classes 0–4, test on the unseen 5–9), seeds {args.seeds}, test split",
+        f"Fashion-MNIST zero-shot (train classes 0–4, test on the unseen 5–9), seeds {args.seeds}, test split "
+        f"(`deepmetric compare {args.runs}/*-seed* --metrics {' '.join(METRICS)} --format markdown`)",
         "",
-        "| preset | recall@1 | map@r | nmi | s / run |",
-        "|---|---:|---:|---:|---:|",
-        *rows,
+        table,
+        "",
+        "Seconds per run: " + ", ".join(seconds) + ".",
     ]
     emit(lines, args.write)
 

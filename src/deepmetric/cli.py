@@ -50,9 +50,13 @@ def cmd_train(args) -> int:
 
     if args.resume is None and args.config is None:
         raise SystemExit("deepmetric train: give a CONFIG file (e.g. configs/demo.yaml) or --resume RUN_DIR")
+    overrides = list(args.overrides)
+    if args.resume is not None and args.config is not None and "=" in args.config:
+        # `train --resume RUN train.max_steps=600`: the first KEY=VALUE lands in the CONFIG slot
+        args.config, overrides = None, [args.config, *overrides]
     from . import distributed
 
-    run_dir, metrics = train(args.config, list(args.overrides), output=args.output, resume=args.resume,
+    run_dir, metrics = train(args.config, overrides, output=args.output, resume=args.resume, overwrite=args.overwrite,
                              quiet=args.quiet)  # fmt: skip
     main_process = distributed.is_main()
     distributed.teardown()
@@ -63,6 +67,20 @@ def cmd_train(args) -> int:
     print(f"run directory: {run_dir}")
     if (run_dir / "report.html").is_file():
         print(f"report: {run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import find_runs, group_runs, plot_curves, read_run, render, summarise
+
+    paths = find_runs(args.runs)
+    if not paths:
+        raise FileNotFoundError(f"no run directories (with a config.yaml) in {' '.join(args.runs)}")
+    groups = group_runs([read_run(p) for p in paths])
+    print(render(summarise(groups, args.metrics, args.split), args.metrics, args.format))
+    if args.plot:
+        written = plot_curves(groups, args.plot_metric or args.metrics[0], args.plot)
+        print(f"written: {written}", file=sys.stderr)
     return 0
 
 
@@ -200,8 +218,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_index(args) -> int:
+    from .errors import ConfigError
     from .retrieval import EmbeddingIndex, list_images, load
-    from .retrieval.index import faiss_available
+    from .retrieval.index import faiss_available, warnings_to_stderr
 
     if args.action == "build":
         if Path(args.out, "meta.json").exists():
@@ -212,49 +231,98 @@ def cmd_index(args) -> int:
                                hnsw_m=args.hnsw_m, ef_search=args.ef_search)  # fmt: skip
         folder = args.out
     else:
-        index = EmbeddingIndex.load(args.index_dir)
-        model = load(index.model["run_dir"], index.model.get("checkpoint", "best"), args.device)
-        index.check_model(model.source)
+        if args.images is None and args.root is None:
+            raise ConfigError("index add: give --images DIR|CSV (images to add) and/or --root DIR (the "
+                              "folder the indexed images moved to, recorded in the index)")  # fmt: skip
+        with warnings_to_stderr():
+            index = EmbeddingIndex.load(args.index_dir, root=args.root)
         folder = args.index_dir
-    paths, labels = list_images(args.images)
-    emb, kept, bad = model.embed_paths(paths, progress=not args.quiet)
-    _report_bad(bad)
-    if labels is not None:
-        position = {p: i for i, p in enumerate(paths)}
-        labels = [labels[position[p]] for p in kept]
-        if len(index) and index.labels is None:
-            print("deepmetric: the index has no labels, so the new images' labels are not stored", file=sys.stderr)
-            labels = None
-    index.add(emb, kept, labels)
+    if args.images is not None:
+        if args.action == "add":
+            model = load(index.model["run_dir"], index.model.get("checkpoint", "best"), args.device)
+            index.check_model(model.source)
+        paths, labels = list_images(args.images)
+        emb, kept, bad = model.embed_paths(paths, progress=not args.quiet)
+        _report_bad(bad)
+        if labels is not None:
+            position = {p: i for i, p in enumerate(paths)}
+            labels = [labels[position[p]] for p in kept]
+            if len(index) and index.labels is None:
+                print("deepmetric: the index has no labels, so the new images' labels are not stored", file=sys.stderr)
+                labels = None
+        index.add(emb, kept, labels, paths=True)
     index.save(folder)
     print(f"index {folder}: {len(index)} images ({index.kind}, {index.dim}-d)")
     return 0
 
 
 def cmd_search(args) -> int:
-    from .retrieval import EmbeddingIndex, load
+    import warnings
 
-    index = EmbeddingIndex.load(args.index_dir)
+    from .errors import ConfigError
+    from .retrieval import EmbeddingIndex, load
+    from .retrieval.index import IncompleteResultsWarning, warnings_to_stderr
+
+    with warnings_to_stderr():
+        index = EmbeddingIndex.load(args.index_dir, root=args.root)
+    k = index.check_k(args.k)
+    if args.nprobe is not None:
+        if index.kind != "ivf":
+            raise ConfigError(f"--nprobe is for ivf indexes; {args.index_dir} is a {index.kind} index: drop --nprobe")
+        if not 1 <= args.nprobe <= index.params["nlist"]:
+            raise ConfigError(f"--nprobe {args.nprobe}: give 1 ≤ nprobe ≤ {index.params['nlist']} (the index's nlist)")
+        index.params["nprobe"] = args.nprobe
     model = load(index.model["run_dir"], index.model.get("checkpoint", "best"), args.device)
     index.check_model(model.source)
-    emb = model.embed(args.queries)
-    results = index.query(emb.numpy(), args.k)
+    emb, kept, bad = model.embed_paths(args.queries)  # an unreadable query is reported; the others are answered
+    failed = dict(bad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IncompleteResultsWarning)  # reported per query below
+        answers = iter(index.query(emb.numpy(), k) if kept else [])
+    entries = []
+    for q in args.queries:
+        if q in failed:
+            entries.append({"query": q, "error": failed[q], "results": []})
+            print(f"deepmetric: query failed: {failed[q]}", file=sys.stderr)
+            continue
+        hits = next(answers)
+        entry = {"query": q, "k": k, "complete": len(hits) == k, "results": hits}
+        if len(hits) < k:
+            entry["warning"] = f"only {len(hits)} of k = {k} hits: {index.shortfall_advice()}"
+            print(f"deepmetric: {q}: {entry['warning']}", file=sys.stderr)
+        entries.append(entry)
     if args.json:
-        print(json.dumps([{"query": q, "results": r} for q, r in zip(args.queries, results, strict=True)], indent=2))
-        return 0
-    for q, hits in zip(args.queries, results, strict=True):
-        print(q)
-        for rank, h in enumerate(hits, 1):
-            label = f"  [{h['label']}]" if "label" in h else ""
-            print(f"  {rank:3d}. {h['distance']:.4f}  {h['id']}{label}")
+        print(json.dumps(entries, indent=2))
+    else:
+        for entry in entries:
+            print(entry["query"])
+            if "error" in entry:
+                print(f"  error: {entry['error']}")
+            for rank, h in enumerate(entry["results"], 1):
+                label = f"  [{h['label']}]" if "label" in h else ""
+                print(f"  {rank:3d}. {h['distance']:.4f}  {h['id']}{label}")
+    if failed:
+        print(f"deepmetric: {sum(q in failed for q in args.queries)} of {len(args.queries)} queries failed",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
 def cmd_serve(args) -> int:
+    import warnings
+
+    from PIL import Image
+
     from .retrieval.serve import make_server
 
-    server = make_server(args.index_dir, args.host, args.port, args.max_upload_mb, args.device)
+    # the server checks --max-pixels from each header itself; Pillow's warning above 89 MP would only be log noise
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    server = make_server(args.index_dir, args.host, args.port, args.max_upload_mb, args.device,
+                         max_pixels=int(args.max_pixels), timeout=args.timeout, max_concurrent=args.max_concurrent,
+                         queue_wait=args.queue_wait, max_connections=args.max_connections,
+                         allow_hosts=args.allow_host, root=args.root)  # fmt: skip
     host, port = server.server_address[:2]
+    host = f"[{host}]" if ":" in host else host
     print(f"deepmetric: serving {args.index_dir} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
@@ -273,17 +341,27 @@ def cmd_report(args) -> int:
     return 0
 
 
+CHECKPOINT_HELP = "which checkpoint: best (chosen on validation; default) or last"
+DEVICE_HELP = "cpu, cuda, cuda:N, mps (default: auto)"
+QUIET_HELP = "no progress bars"
+OVERRIDES_HELP = "config overrides with dotted keys, e.g. train.max_steps=100 loss.name=multi_similarity"
+
+
 def _run_dir_command(sub, name: str, help_text: str):
     p = sub.add_parser(name, help=help_text)
     p.add_argument("run_dir", help="a run directory written by `deepmetric train`")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help=CHECKPOINT_HELP)
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: the run's)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="deepmetric", description="Deep metric learning: train, evaluate, search.")
+    parser.add_argument("--version", action="version", version=f"deepmetric {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser(
         "train",
@@ -294,11 +372,42 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     tr.add_argument("config", nargs="?", help="YAML config (see configs/)")
-    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     tr.add_argument("--output", help="run directory (default runs/NAME-TIMESTAMP)")
-    tr.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    tr.add_argument("--quiet", action="store_true")
+    tr.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint with its own config.yaml; KEY=VALUE may change only the keys "
+        "safe on resume (train.max_steps, train.epochs, intervals, device; see docs/training.md)",
+    )
+    tr.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in --output (its files only) and start anew"
+    )
+    tr.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     tr.set_defaults(func=cmd_train)
+    cp = sub.add_parser(
+        "compare",
+        help="compare runs: mean ± std over seeds of runs whose configs differ only in train.seed",
+        description=(
+            "Read the runs named by RUN (run directories, folders holding runs, or glob patterns), group those whose "
+            "config.yaml files differ only in train.seed, and print mean ± std and n of each metric per group. "
+            "Unfinished runs are listed but left out of the statistics; runs selected on test are flagged."
+        ),
+    )
+    cp.add_argument("runs", nargs="+", metavar="RUN", help="run directories, folders holding runs, or glob patterns")
+    cp.add_argument("--metrics", nargs="+", default=["recall@1", "map@r", "nmi"], metavar="METRIC",
+                    help="metrics.json keys (default: recall@1 map@r nmi)")  # fmt: skip
+    cp.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "baseline"),
+        help="which metrics: test, val, or baseline (the model as built, on test; default test)",
+    )
+    cp.add_argument("--format", default="terminal", choices=("terminal", "markdown", "csv", "latex"),
+                    help="table format (default terminal)")  # fmt: skip
+    cp.add_argument("--plot", metavar="FILE", help="also draw each group's validation curve (.png or .html)")
+    cp.add_argument("--plot-metric", metavar="METRIC", help="the curve's metric (default: the first of --metrics)")
+    cp.set_defaults(func=cmd_compare)
     ml = sub.add_parser(
         "mlrc",
         help="the MLRC protocol: k class-disjoint folds, mean and concatenated-ensemble test metrics",
@@ -309,34 +418,34 @@ def build_parser() -> argparse.ArgumentParser:
             "reuses finished folds and resumes interrupted ones."
         ),
     )
-    ml.add_argument("config")
-    ml.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    ml.add_argument("config", help="YAML config (see configs/mlrc)")
+    ml.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     ml.add_argument("--output", required=True, help="directory for the fold runs and the summary")
-    ml.add_argument("--folds", type=int, default=4)
+    ml.add_argument("--folds", type=int, default=4, help="number of class-disjoint folds (default 4)")
     ml.add_argument("--only", type=int, nargs="+", metavar="K", help="train only these folds (aggregate those)")
-    ml.add_argument("--quiet", action="store_true")
+    ml.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     ml.set_defaults(func=cmd_mlrc)
     ev = _run_dir_command(sub, "evaluate", "evaluate a run's checkpoint on a split")
-    ev.add_argument("--split", choices=["val", "test"], default="test")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--split", choices=["val", "test"], default="test", help="the split to score (default test)")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     ev.set_defaults(func=cmd_evaluate)
     em = _run_dir_command(sub, "embed", "embed images (a folder or CSV) or a split of the run's dataset")
     em.add_argument("--images", help="a folder (flat, or one sub-folder per class) or a CSV with path,label")
-    em.add_argument("--split", choices=["train", "val", "test"])
+    em.add_argument("--split", choices=["train", "val", "test"], help="embed this split of the run's dataset")
     em.add_argument("--out", required=True, help="output .npy (+ .json sidecar with ids and labels) or .parquet")
     em.set_defaults(func=cmd_embed)
     ex = _run_dir_command(sub, "export", "export the model to ONNX or TorchScript, with a parity check")
-    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default onnx)")
     ex.add_argument("--out", help="output file (default RUN_DIR/model.onnx or model.pt)")
     ex.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |difference| to PyTorch")
     ex.set_defaults(func=cmd_export)
     ix = sub.add_parser("index", help="build or extend a search index of images")
     ix_sub = ix.add_subparsers(dest="action", required=True)
     ib = ix_sub.add_parser("build", help="embed images with a run's model and index them")
-    ib.add_argument("run_dir")
+    ib.add_argument("run_dir", help="a run directory written by `deepmetric train`")
     ib.add_argument("--images", required=True, help="a folder or a CSV with path,label")
     ib.add_argument("--out", required=True, help="index directory to create")
-    ib.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    ib.add_argument("--checkpoint", choices=["best", "last"], default="best", help=CHECKPOINT_HELP)
     ib.add_argument(
         "--kind", choices=["flat", "ivf", "hnsw", "torch"], help="default flat (faiss), torch without faiss"
     )
@@ -345,30 +454,46 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
     ib.add_argument("--ef-search", type=int, default=64, help="hnsw: search breadth")
     ia = ix_sub.add_parser("add", help="embed more images into an existing index (same model)")
-    ia.add_argument("index_dir")
-    ia.add_argument("--images", required=True)
+    ia.add_argument("index_dir", help="an index directory made by `deepmetric index build`")
+    ia.add_argument("--images", help="images to add: a folder or a CSV with path,label")
+    ia.add_argument("--root", help="the folder the indexed images moved to (recorded in the index)")
     for p in (ib, ia):
-        p.add_argument("--device")
-        p.add_argument("--quiet", action="store_true")
+        p.add_argument("--device", help=DEVICE_HELP)
+        p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     ix.set_defaults(func=cmd_index)
     se = sub.add_parser("search", help="nearest indexed images of query images")
-    se.add_argument("index_dir")
-    se.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
-    se.add_argument("-k", type=int, default=10)
-    se.add_argument("--json", action="store_true")
-    se.add_argument("--device")
+    se.add_argument("index_dir", help="an index directory made by `deepmetric index build`")
+    se.add_argument("queries", nargs="+", metavar="QUERY_IMAGE", help="image files to search with")
+    se.add_argument("-k", type=int, default=10, help="neighbours per query, 1 to the number of indexed images")
+    se.add_argument("--json", action="store_true", help="print the hits as JSON")
+    se.add_argument("--root", help="the folder the indexed images moved to (default: where the index records them)")
+    se.add_argument("--nprobe", type=int, help="ivf: cells searched per query (default: the index's)")
+    se.add_argument("--device", help=DEVICE_HELP)
     se.set_defaults(func=cmd_search)
     sv = sub.add_parser("serve", help="a local web page to search an index with an image")
-    sv.add_argument("index_dir")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--max-upload-mb", type=float, default=10.0)
-    sv.add_argument("--device")
+    sv.add_argument("index_dir", help="an index directory made by `deepmetric index build`")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload (413 above; default 10)")
+    sv.add_argument("--max-pixels", type=float, default=40e6,
+                    help="largest image, width × height, read before decoding (413 above; default 40e6)")  # fmt: skip
+    sv.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds for each socket read or write and for a whole upload (default 30)")  # fmt: skip
+    sv.add_argument("--max-concurrent", type=int, default=16, help="searches run at once (default 16)")
+    sv.add_argument("--queue-wait", type=float, default=5.0,
+                    help="seconds a search waits for a free slot before 503 + Retry-After (default 5)")  # fmt: skip
+    sv.add_argument("--max-connections", type=int, default=64,
+                    help="open connections; one more gets 503 at once (default 64)")  # fmt: skip
+    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="also answer requests for this Host name (repeatable; '*': any; default: the bound "
+                    "address and localhost)")  # fmt: skip
+    sv.add_argument("--root", help="the folder the indexed images moved to (default: where the index records them)")
+    sv.add_argument("--device", help=DEVICE_HELP)
     sv.set_defaults(func=cmd_serve)
     rp = _run_dir_command(sub, "report", "(re)write a run's report.html")
     rp.set_defaults(func=cmd_report)
     ds = sub.add_parser("datasets", help="list the datasets, or summarise and check one")
-    ds.add_argument("action", choices=["list", "info"])
+    ds.add_argument("action", choices=["list", "info"], help="list: the registered datasets; info: check one")
     ds.add_argument("name", nargs="?", help="dataset name (info)")
     ds.add_argument("--root", help="the dataset's folder (or CSV file)")
     ds.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="loader option, repeatable")
@@ -379,8 +504,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import DeepMetricError
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "train":  # KEY=VALUE overrides may also follow the options
@@ -392,15 +515,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except DeepMetricError as e:  # bad input (2) or a checked run-time condition such as a parity failure (1)
-        print(f"deepmetric: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("deepmetric: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line naming what went wrong; --debug shows the traceback
+        if args.debug:
+            raise
+        print(f"deepmetric: {_one_line(e)}", file=sys.stderr)
+        return _exit_code(e)
+
+
+def _exit_code(e: Exception) -> int:
+    """2 for bad input (deepmetric's input errors, missing files, bad values, a missing optional package), 1 for a
+    failure at run time (deepmetric's run-time errors, and anything unexpected)."""
+    from .errors import DeepMetricError
+
+    if isinstance(e, DeepMetricError):
         return e.exit_code
-    except FileNotFoundError as e:
-        print(f"deepmetric: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # unknown names and bad values, with their closest valid names
-        print(f"deepmetric: {e}", file=sys.stderr)
-        return 2
+    return 2 if isinstance(e, FileNotFoundError | ValueError | ImportError) else 1
+
+
+def _one_line(e: Exception) -> str:
+    """The error's message; an unexpected one is prefixed with its type and points to --debug."""
+    from .errors import DeepMetricError
+
+    message = str(e) or type(e).__name__
+    if isinstance(e, DeepMetricError | FileNotFoundError | ValueError | ImportError):
+        return message
+    return f"{type(e).__name__}: {message} (run again with --debug for the traceback)"
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ class DataConfig:
     root: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     channels: int | None = None  # None: the dataset's native channel count
-    load_size: int = 256  # file images: shorter side resized to this, centre square kept
+    load_size: int | None = None  # file images: shorter side resized to this, centre square kept; None: the
+    # images' own size (median of a probe), capped at what the augmentation needs
     on_bad_image: str = "error"  # or "skip" (counted and logged)
     classes_per_batch: int = 8  # P
     samples_per_class: int = 16  # M
@@ -109,6 +110,7 @@ class TrainConfig:
     tensorboard: bool = False
     baseline: bool = True  # score the model as built (and a pretrained trunk's pooled features) before step 1
     checkpoint_every: int | None = None  # also write last.pt every N steps (besides evaluations and epoch ends)
+    skip_nonfinite_steps: int = 0  # steps with a NaN/Inf loss or gradient skipped (no update) before the run stops
 
 
 @dataclass
@@ -130,6 +132,15 @@ class ReportConfig:
 
 
 @dataclass
+class LogConfig:
+    """Experiment tracking besides log.jsonl (TensorBoard is ``train.tensorboard``)."""
+
+    mlflow: bool = False  # an MLflow run: params, metrics, artifacts (pip install 'deepmetric[mlflow]')
+    mlflow_tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
+    mlflow_experiment: str = "deepmetric"
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
@@ -143,6 +154,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     name: str = "run"
 
 
@@ -155,7 +167,7 @@ CHOICES = {
     "eval.average": ("micro", "macro"),
 }
 POSITIVE = ("data.classes_per_batch", "data.samples_per_class", "data.eval_batch_size", "model.embedding_dim",
-            "train.log_every", "data.load_size")  # fmt: skip
+            "train.log_every")  # fmt: skip
 
 
 # Dicts of constructor arguments: a layer that sets one replaces it whole (a base file's loss.params must not leak
@@ -294,8 +306,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.betas={cfg.optim.betas!r} must be two numbers in [0, 1)")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr={cfg.optim.lr!r} must be > 0")
+    if cfg.train.skip_nonfinite_steps < 0:
+        raise ConfigError(
+            f"train.skip_nonfinite_steps={cfg.train.skip_nonfinite_steps} must be ≥ 0 (0: stop at the first)"
+        )
     if cfg.train.dtype == "float64" and cfg.train.amp:
         raise ConfigError("train.amp (mixed precision) and train.dtype=float64 exclude each other")
+    if cfg.data.load_size is not None and cfg.data.load_size < 1:
+        raise ConfigError(f"data.load_size={cfg.data.load_size} must be ≥ 1 (or null: follow the images)")
     if cfg.model.trainable_blocks is not None and cfg.model.trainable_blocks < 0:
         raise ConfigError(f"model.trainable_blocks={cfg.model.trainable_blocks} must be ≥ 0 (or null: train all)")
     if cfg.train.checkpoint_every is not None and cfg.train.checkpoint_every < 1:

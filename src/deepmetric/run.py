@@ -21,6 +21,7 @@ import torch
 from . import distributed
 from .config import Config, load_config
 from .data import BatchAugment, ClassBalancedBatchSampler, ImageDataset, ImageTable, Splits, load_dataset, make_splits
+from .data.images import resolve_load_size
 from .precision import DTYPES
 
 
@@ -88,7 +89,7 @@ class RunData:
         return {
             "num_classes": self.num_classes,
             "in_channels": self.train_set.channels,
-            "load_size": cfg.data.load_size if native is None else int(native),
+            "load_size": self.train_set.load_size if native is None else int(native),
             "class_names": {int(k): str(v) for k, v in (self.table.class_names or {}).items()},
         }
 
@@ -101,8 +102,9 @@ def build_data(cfg: Config, device: torch.device | str = "cpu") -> RunData:
     train_classes = np.unique(train_raw)
     contiguous = np.full(len(table), -1, dtype=np.int64)
     contiguous[splits.train] = np.searchsorted(train_classes, train_raw)
-    common = dict(channels=cfg.data.channels, load_size=cfg.data.load_size if table.paths else None,
-                  on_bad_image=cfg.data.on_bad_image)  # fmt: skip
+    # file images: decoded at data.load_size, else at their own size capped at what the augmentation takes
+    load_size = resolve_load_size(table, cfg.data.load_size, needed=max(cfg.augment.size, cfg.augment.resize))
+    common = dict(channels=cfg.data.channels, load_size=load_size, on_bad_image=cfg.data.on_bad_image)
     train_set = ImageDataset(table, splits.train, labels=contiguous, **common)
     val_set = ImageDataset(table, splits.val, **common) if len(splits.val) else None
     test_set = ImageDataset(table, splits.test, **common)
@@ -205,7 +207,10 @@ class LoadedRun:
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
              dtype: str | None = None) -> LoadedRun:  # fmt: skip
     """Read ``run_dir``'s config and ``checkpoints/<checkpoint>.pt`` (``best`` or ``last``) into a `LoadedRun`, on
-    ``device`` (default: the run's ``train.device``) in ``dtype`` (default: the run's ``train.dtype``)."""
+    ``device`` (default: the run's ``train.device``) in ``dtype`` (default: the run's ``train.dtype``). The
+    checkpoint is checked against its recorded hash first (`deepmetric.integrity.IntegrityError` when it does not
+    match: a corrupt file never gives silently wrong embeddings)."""
+    from .errors import RunError
     from .training.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -217,11 +222,15 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
     cfg = load_config(run_dir / "config.yaml", [f"train.device={device}"] if device else [])
     state = load_checkpoint(path)
     if "meta" not in state:
-        raise ValueError(f"{path} predates inference metadata; re-save it with this version of deepmetric")
+        raise RunError(f"{path} predates inference metadata; re-save it with this version of deepmetric")
     meta = state["meta"]
     dev = resolve_device(device or cfg.train.device)
     method = build_method(cfg, meta["in_channels"], meta["num_classes"], load_pretrained=False)
     method = method.to(dev, DTYPES[dtype or cfg.train.dtype])  # before loading: float64 weights stay float64
-    method.load_state_dict(state["method"])
+    try:
+        method.load_state_dict(state["method"])
+    except RuntimeError as e:  # missing / unexpected keys or shapes: the checkpoint is not of this config's model
+        detail = " ".join(str(e).split())[:300]
+        raise RunError(f"{path} does not fit the model {run_dir / 'config.yaml'} describes: {detail}") from None
     method.eval()
     return LoadedRun(run_dir, cfg, method, meta, dev, path)

@@ -14,23 +14,13 @@ import deepmetric
 from deepmetric.cli import main
 from deepmetric.retrieval import EmbeddingIndex
 
+from ..conftest import write_digit_pngs
+
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """sklearn digits as 16 × 16 PNG files in one folder per class (30 per class)."""
-    from sklearn.datasets import load_digits
-
-    root = tmp_path_factory.mktemp("digits_png")
-    d = load_digits()
-    counts = {}
-    for img, label in zip(d.images, d.target, strict=True):
-        if counts.get(label, 0) >= 30:
-            continue
-        counts[label] = counts.get(label, 0) + 1
-        folder = root / f"digit_{label}"
-        folder.mkdir(exist_ok=True)
-        Image.fromarray((img * 255 / 16).astype(np.uint8)).resize((16, 16)).save(folder / f"{counts[label]}.png")
-    return root
+    return write_digit_pngs(tmp_path_factory.mktemp("digits_png"), 30, size=16)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +101,36 @@ def test_export_with_parity(run, tmp_path, fmt, capsys):
     assert (got - model.embed(x)).abs().max() <= 1e-4
     assert main(["export", str(run), "--format", fmt, "--out", str(tmp_path / "strict"), "--tolerance", "-1"]) == 1
     assert "differs from the PyTorch model" in capsys.readouterr().err and not (tmp_path / "strict").exists()
+    from deepmetric.integrity import sha256_file
+
+    assert meta["sha256"] == sha256_file(out) and meta["external_data"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json"]  # one self-contained file
+
+
+def test_onnx_too_large_for_one_file_keeps_its_weights_beside_it(run, tmp_path, monkeypatch):
+    """Above the single-file limit the weights go to ``model.onnx.data``, named and hashed in the metadata; a new
+    small export removes a stale one, and a failed parity check leaves neither file."""
+    from deepmetric.integrity import sha256_file
+    from deepmetric.retrieval import export as export_module
+
+    out = tmp_path / "model.onnx"
+    monkeypatch.setattr(export_module, "ONNX_SINGLE_FILE_LIMIT", 0)
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    data = tmp_path / "model.onnx.data"
+    meta = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert data.is_file() and meta["external_data"] == {"file": data.name, "sha256": sha256_file(data)}
+    import onnxruntime
+
+    model = deepmetric.load(run)
+    x = np.random.default_rng(0).integers(0, 256, (2, model.channels, 16, 16), dtype=np.uint8)
+    got = onnxruntime.InferenceSession(str(out)).run(None, {"images": x})[0]
+    assert np.abs(got - model.embed(torch.from_numpy(x)).numpy()).max() <= 1e-4
+    assert main(["export", str(run), "--out", str(out), "--tolerance", "-1"]) == 1
+    assert not out.exists() and not data.exists()
+    monkeypatch.setattr(export_module, "ONNX_SINGLE_FILE_LIMIT", 1.8e9)
+    data.write_bytes(b"stale")
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert not data.exists() and json.loads((tmp_path / "model.onnx.json").read_text())["external_data"] is None
 
 
 @pytest.mark.parametrize("kind", ["flat", "torch", "ivf", "hnsw"])

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..training.checkpoint import write_text
-from . import plots
+from . import failures, plots
 
 METRIC_ORDER = ("recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami")
 
@@ -49,16 +49,22 @@ def _image(table, index: int) -> np.ndarray:
     return arr[:, :, 0] if arr.shape[2] == 1 else arr
 
 
-def _figures(run_dir: Path, run, test_embedded=None) -> dict[str, Path]:
+def _name(names: dict | None, label) -> str:
+    return str((names or {}).get(int(label), int(label)))
+
+
+def _figures(run_dir: Path, run, test_embedded=None) -> tuple[dict[str, Path], dict[str, list[tuple]]]:
+    """(figures by title, tables by title: header row first) of the report."""
     out_dir = run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Path] = {}
+    tables: dict[str, list[tuple]] = {}
     log = run_dir / "log.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
     if plots.training_curves(records, out_dir / "curves.png"):
         figures["Training and validation curves"] = out_dir / "curves.png"
     if run is None:
-        return figures
+        return figures, tables
     from ..training.evaluate import per_class_recall
 
     cfg, table = run.cfg, run.data.table
@@ -80,8 +86,30 @@ def _figures(run_dir: Path, run, test_embedded=None) -> dict[str, Path]:
         ]
         plots.retrieval_grid(queries, neighbours, correct, out_dir / "retrieval.png")
         figures["Retrieval examples"] = out_dir / "retrieval.png"
-    plots.per_class_recall(per_class_recall(emb, cfg.eval), names, out_dir / "per_class_recall.png")
+    per_class = per_class_recall(emb, cfg.eval)
+    plots.per_class_recall(per_class, names, out_dir / "per_class_recall.png")
     figures["Per-class recall@1"] = out_dir / "per_class_recall.png"
+    worst = failures.worst_queries(emb.embeddings, emb.labels, cfg.report.grid_queries)
+    if worst and k >= 1:
+        nearest = failures.neighbours(emb.embeddings, k)
+        rows = [i for i, _ in worst]
+        plots.retrieval_grid(
+            [_image(table, int(emb.indices[i])) for i in rows],
+            [[_image(table, int(emb.indices[j])) for j in nearest[i].tolist()] for i in rows],
+            [[bool(emb.labels[j] == emb.labels[i]) for j in nearest[i].tolist()] for i in rows],
+            out_dir / "worst_queries.png",
+            title="the test queries with the lowest average precision and their nearest neighbours (green: same "
+            "class, red: other class)",
+            row_labels=[f"{_name(names, emb.labels[i])[:16]}\nAP {ap:.2f}" for i, ap in worst],
+        )
+        figures["Worst queries (lowest average precision)"] = out_dir / "worst_queries.png"
+        tables["Most confused class pairs (rank-1 neighbour of the other class)"] = [
+            ("class", "class", "confusions", "images of both")
+        ] + [(_name(names, a), _name(names, b), str(n), str(size))
+             for a, b, n, size in failures.confused_pairs(emb.labels, nearest, 10)]  # fmt: skip
+        tables["Worst classes (recall@1)"] = [("class", "recall@1")] + [
+            (_name(names, c), f"{v:.3f}") for c, v in failures.worst_classes(per_class, 10)
+        ]
     if (emb.coarse_labels >= 0).all():
         groups = {c: np.unique(emb.labels[emb.coarse_labels == c]) for c in np.unique(emb.coarse_labels)}
         coarse, fines = max(groups.items(), key=lambda kv: (len(kv[1]), -kv[0]))
@@ -93,7 +121,7 @@ def _figures(run_dir: Path, run, test_embedded=None) -> dict[str, Path]:
             plots.coarse_class_plot(x[members].numpy(), emb.labels[members], names, title,
                                     out_dir / "coarse_class.png", cfg.train.seed)  # fmt: skip
             figures[f"Inside the coarse class '{coarse_name}'"] = out_dir / "coarse_class.png"
-    return figures
+    return figures, tables
 
 
 def write_report(run_dir: str | Path, run=None, test_embedded=None) -> Path:
@@ -102,7 +130,7 @@ def write_report(run_dir: str | Path, run=None, test_embedded=None) -> Path:
     retrieval grid and per-class plots (``test_embedded``: those embeddings already computed)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    figures = _figures(run_dir, run, test_embedded)
+    figures, tables = _figures(run_dir, run, test_embedded)
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _metric_rows(metrics)
@@ -123,6 +151,15 @@ def write_report(run_dir: str | Path, run=None, test_embedded=None) -> Path:
         f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
         f"src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
         for title, path in figures.items()
+    )
+    images += "".join(
+        f"<h2>{html.escape(title)}</h2><table class='failures'><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in rows[0])
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+        + "</table>"
+        for title, rows in tables.items()
+        if len(rows) > 1
     )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>deepmetric report: {html.escape(run_dir.name)}</title>

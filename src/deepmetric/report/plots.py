@@ -98,9 +98,12 @@ def coarse_class_plot(embeddings, fine, names: dict | None, title: str, path, se
 
 
 def retrieval_grid(
-    queries: list[np.ndarray], neighbours: list[list[np.ndarray]], correct: list[list[bool]], path
-) -> None:
-    """Each row: a query image, then its nearest neighbours framed green (same class) or red (other class)."""
+    queries: list[np.ndarray], neighbours: list[list[np.ndarray]], correct: list[list[bool]], path,
+    title: str = "queries and their nearest test neighbours (green: same class, red: other class)",
+    row_labels: list[str] | None = None,
+) -> None:  # fmt: skip
+    """Each row: a query image, then its nearest neighbours framed green (same class) or red (other class);
+    ``row_labels`` name the queries (default "query")."""
     rows, cols = len(queries), 1 + max(len(n) for n in neighbours)
     fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.35 * rows))
     axes = np.atleast_2d(axes)
@@ -111,7 +114,7 @@ def retrieval_grid(
             ax.set_yticks([])
             if c == 0:
                 img, colour = queries[r], "black"
-                ax.set_ylabel("query", fontsize=7)
+                ax.set_ylabel(row_labels[r] if row_labels else "query", fontsize=7)
             elif c - 1 < len(neighbours[r]):
                 img, colour = neighbours[r][c - 1], ("#1a9641" if correct[r][c - 1] else "#d7191c")
             else:
@@ -121,7 +124,7 @@ def retrieval_grid(
             for spine in ax.spines.values():
                 spine.set_color(colour)
                 spine.set_linewidth(3)
-    fig.suptitle("queries and their nearest test neighbours (green: same class, red: other class)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
 

@@ -2,9 +2,13 @@
 
 The exported graph takes decoded uint8 images at the run's load size (N × C × L × L) and contains the eval
 transform, the normalisation and the network, so it is self-contained; ``<file>.json`` beside it records how to
-decode images, the embedding size and the source checkpoint. After export the file is loaded back (onnxruntime for
-ONNX, ``torch.jit.load`` for TorchScript) and run on a batch; the export fails if its output differs from the
-PyTorch model's by more than ``tolerance`` (default 1e-4) anywhere.
+decode images, the embedding size, the source checkpoint and the SHA-256 of every file written. After export the
+file is loaded back (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) and run on a batch; the export fails if
+its output differs from the PyTorch model's by more than ``tolerance`` (default 1e-4) anywhere, and leaves no file.
+
+ONNX is one self-contained file when the weights fit ONNX's 2 GB protobuf limit (every model deepmetric builds does);
+a larger one keeps its weights in ``<file>.data`` beside it, which must travel with the ``.onnx`` file: the metadata
+names it (``external_data``) and records its hash.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import numpy as np
 import torch
 
 from ..errors import RunError
+from ..integrity import sha256_file
 from ..training.checkpoint import write_json
 from .model import EmbeddingModel
 
 FORMATS = ("onnx", "torchscript")
+ONNX_SINGLE_FILE_LIMIT = 1.8e9  # bytes of weights: below it the graph and weights fit in one protobuf (limit 2 GiB)
 
 
 class ParityError(RunError):
@@ -31,6 +37,7 @@ def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     out = Path(out)
+    data_file = out.with_name(out.name + ".data")
     out.parent.mkdir(parents=True, exist_ok=True)
     module = model.exportable()
     g = torch.Generator().manual_seed(seed)
@@ -53,19 +60,24 @@ def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float
                 "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'deepmetric[onnx]'"
             ) from e
         batch_dim = torch.export.Dim("batch", min=1)
+        data_file.unlink(missing_ok=True)  # a previous large export's weights must not sit beside a new file
         torch.onnx.export(module, (example[:2],), str(out), input_names=["images"], output_names=["embedding"],
-                          dynamic_shapes={"images": {0: batch_dim}}, dynamo=True, verbose=False)  # fmt: skip
+                          dynamic_shapes={"images": {0: batch_dim}}, dynamo=True, verbose=False,
+                          external_data=weight_bytes(module) >= ONNX_SINGLE_FILE_LIMIT)  # fmt: skip
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = session.run(None, {"images": example.numpy()})[0]
     max_diff = float(np.abs(got - reference).max())
     if not max_diff <= tolerance:
         out.unlink(missing_ok=True)  # never leave a file behind that does not match the model
+        data_file.unlink(missing_ok=True)
         raise ParityError(
             f"exported {fmt} model differs from the PyTorch model by {max_diff:.3g} > {tolerance}; nothing written"
         )
     meta = {
         "format": fmt,
         "file": out.name,
+        "sha256": sha256_file(out),
+        "external_data": {"file": data_file.name, "sha256": sha256_file(data_file)} if data_file.exists() else None,
         "max_abs_difference": max_diff,
         "tolerance": tolerance,
         "parity_batch": batch,
@@ -75,3 +87,9 @@ def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float
     }
     write_json(out.with_suffix(out.suffix + ".json"), meta)
     return meta
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of ``module``'s parameters and buffers (what an ONNX file stores as initializers)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)

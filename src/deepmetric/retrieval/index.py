@@ -5,27 +5,110 @@ cells, ``nprobe`` searched; for collections above a million), ``hnsw`` (faiss ``
 links, ``ef_search``), and ``torch`` (exact, no faiss needed; the fallback when faiss is absent). Scores are cosine
 similarities; distances are the Euclidean distances between the normalised vectors, sqrt(2 − 2·cos).
 
-An index directory holds ``meta.json`` (kind, dimension, parameters, the model it was built with, ids and labels)
-and ``index.faiss`` or ``embeddings.npy``. Adding embeddings of another dimension, or of another model, is an error.
+On disk (format 2) an index directory holds generations and a pointer::
+
+    meta.json                 the pointer: format, generation, kind, dim, count, params, model, image root and the
+                              sha256 of each file of the generation; replaced atomically (the commit)
+    gen-000007/index.faiss    the vectors (embeddings.npy for the torch kind), + index.faiss.sha256
+    gen-000007/items.json     ids (image paths relative to the image root) and labels, + items.json.sha256
+    gen-000006/               the previous generation, kept for readers still loading it; older ones are removed
+
+`save` writes a new generation completely (each file fsynced, with its hash), then replaces ``meta.json``: a kill at
+any moment leaves the old index or the new one. `load` follows the pointer and checks every file against the hash the
+pointer records (`IntegrityError` naming the file). Image paths are stored relative to the image root, and the root
+relative to the index directory (with its absolute path as a fallback), so an index works from any working directory
+and moves with its images; ``load(root=DIR)`` re-points them to images moved elsewhere. Indexes of the earlier flat
+layout (``meta.json`` with the ids, vectors beside it, no hashes) are still read, unchecked, with a warning.
+Adding embeddings of another dimension, or of another model, is an error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import math
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.files import IMAGE_EXTENSIONS
+from ..errors import ConfigError, RunError
 from ..evaluation.knn import faiss_available, iter_knn
-from ..training.checkpoint import atomic_write_bytes, write_json
+from ..integrity import IntegrityError, atomic_write_bytes, fsync_dir, remove_stale_tmp, write_with_hash
 
 KINDS = ("flat", "ivf", "hnsw", "torch")
+FORMAT = 2
+POINTER = "meta.json"
+VECTOR_FILES = {"torch": "embeddings.npy", "flat": "index.faiss", "ivf": "index.faiss", "hnsw": "index.faiss"}
+ITEMS = "items.json"
+_GENERATION = re.compile(r"^gen-(\d{6,})$")
+PAUSE_ENV = "DEEPMETRIC_TEST_INDEX_PAUSE"  # tests: "POINT:MARKER" makes `save` touch MARKER and sleep at POINT
+REBUILD = "rebuild it with `deepmetric index build`"
+
+
+class IndexWarning(UserWarning):
+    """Something about an index the user should know (an old layout read unchecked, fewer hits than asked)."""
+
+
+class IncompleteResultsWarning(IndexWarning):
+    """An approximate index returned fewer than k hits for some query."""
+
+
+@contextlib.contextmanager
+def warnings_to_stderr(prog: str = "deepmetric"):
+    """Print `IndexWarning`s raised inside the block as one ``prog: message`` line each on stderr (for the CLI)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", IndexWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, IndexWarning):
+                    print(f"{prog}: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def _pause(point: str) -> None:
+    """Test hook: with ``DEEPMETRIC_TEST_INDEX_PAUSE=POINT:MARKER`` the writer touches MARKER and waits at POINT,
+    so that a test can kill it there."""
+    spec = os.environ.get(PAUSE_ENV, "")
+    name, _, marker = spec.partition(":")
+    if name == point:
+        Path(marker).write_text(point)
+        time.sleep(600)
+
+
+def _locate(folder: str, stored: str | None, absolute: str | None) -> str | None:
+    """A path recorded relative to the index ``folder`` (or absolute), with its absolute path when written as a
+    fallback: the first that exists, else the absolute one (what the error messages should name)."""
+    if stored is None:
+        return absolute
+    relative = os.path.normpath(os.path.join(folder, stored))
+    return relative if os.path.exists(relative) or absolute is None else absolute
+
+
+def _relative_to(folder: str, path: str) -> str:
+    """``path`` relative to ``folder`` with ``/`` separators, or absolute when it is on another drive."""
+    try:
+        return os.path.relpath(path, folder).replace(os.sep, "/")
+    except ValueError:
+        return path
 
 
 class EmbeddingIndex:
+    """Embeddings with ids (opaque names, or image paths: `add` with ``paths=True``) and optional labels."""
+
     def __init__(self, kind: str, dim: int, *, model: dict | None = None, nlist: int | None = None,
                  nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 64, ef_construction: int = 80):  # fmt: skip
         if kind not in KINDS:
@@ -37,8 +120,11 @@ class EmbeddingIndex:
                        "ef_construction": ef_construction}  # fmt: skip
         self.ids: list[str] = []
         self.labels: list | None = None
+        self.id_type: str | None = None  # "path" (absolute image paths in memory) or "name"; None while empty
         self._vectors = torch.empty(0, self.dim)  # torch kind
         self._faiss = None
+        self._source: tuple[str, str | None] | None = None  # (index folder, generation) this index was loaded from
+        self._legacy = False
 
     # ------------------------------------------------------------------------------------------ building
     def _make_faiss(self, train: np.ndarray):
@@ -61,8 +147,9 @@ class EmbeddingIndex:
         index.train(train)
         return index
 
-    def add(self, embeddings, ids: list[str], labels: list | None = None) -> None:
-        """Add N embeddings (normalised here) with their ids (and labels, if the index has labels)."""
+    def add(self, embeddings, ids: list[str], labels: list | None = None, *, paths: bool = False) -> None:
+        """Add N embeddings (normalised here) with their ids (and labels, if the index has labels). With
+        ``paths=True`` the ids are image paths: kept absolute in memory, saved relative to the index directory."""
         x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"embeddings of shape {tuple(x.shape)} do not fit this index of dimension {self.dim}")
@@ -74,17 +161,22 @@ class EmbeddingIndex:
             raise ValueError(
                 "this index " + ("has labels: give labels" if self.labels is not None else "has no labels")
             )
+        id_type = "path" if paths else "name"
+        if self.ids and self.id_type != id_type:
+            raise ValueError(f"this index's ids are {'image paths' if self.id_type == 'path' else 'names'}: add "
+                             f"with paths={self.id_type == 'path'}")  # fmt: skip
         if not torch.isfinite(x).all():
             raise ValueError("embeddings contain NaN or Inf")
         x = F.normalize(x, dim=1)
         if self.kind == "torch":
             self._vectors = torch.cat([self._vectors, x])
-        else:
+        elif len(x):
             data = np.ascontiguousarray(x.numpy())
             if self._faiss is None:
                 self._faiss = self._make_faiss(data)
             self._faiss.add(data)
-        self.ids += [str(i) for i in ids]
+        self.ids += [os.path.abspath(str(i)) for i in ids] if paths else [str(i) for i in ids]
+        self.id_type = self.id_type or id_type
         if labels is not None:
             self.labels = (self.labels or []) + list(labels)
 
@@ -92,12 +184,24 @@ class EmbeddingIndex:
         return len(self.ids)
 
     # ------------------------------------------------------------------------------------------- search
+    def check_k(self, k) -> int:
+        """``k`` if it is an integer in 1…N (N = the number of indexed items), else a `ConfigError` saying so."""
+        n = len(self)
+        if not n:
+            raise ConfigError("the index is empty: add images first (`deepmetric index add INDEX --images DIR`)")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n:
+            raise ConfigError(f"k = {k!r} is out of range for this index of {n} items: give 1 ≤ k ≤ {n}")
+        return int(k)
+
     def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, positions)``: Q × k cosine similarities (best first) and positions into ``ids``."""
+        """``(scores, positions)``: Q × min(k, N) cosine similarities (best first) and positions into ``ids``; a
+        position is −1 where an approximate index found fewer neighbours. ``k < 1`` is a `ConfigError`."""
         q = F.normalize(torch.as_tensor(np.asarray(queries), dtype=torch.float32).reshape(-1, self.dim), dim=1)
         if not len(self):
             raise ValueError("the index is empty")
-        k = min(k, len(self))
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ConfigError(f"k = {k!r} is out of range: give 1 ≤ k ≤ {len(self)} (the number of indexed items)")
+        k = min(int(k), len(self))
         if self.kind == "torch":
             chunks = list(iter_knn(q, self._vectors, k))
             idx = torch.cat([c.indices for c in chunks]).numpy()
@@ -110,8 +214,18 @@ class EmbeddingIndex:
         scores, idx = self._faiss.search(np.ascontiguousarray(q.numpy()), k)
         return scores, idx
 
+    def shortfall_advice(self) -> str:
+        """How to get all k hits from this kind of index."""
+        if self.kind == "ivf":
+            return (f"the {self.params['nprobe']} of {self.params['nlist']} ivf cells searched (nprobe) hold fewer "
+                    "vectors; search more cells (search --nprobe) or use a flat index")  # fmt: skip
+        if self.kind == "hnsw":
+            return f"the hnsw search (ef_search={self.params['ef_search']}) stopped early; raise ef_search"
+        return "the index holds fewer items"
+
     def query(self, queries, k: int = 10) -> list[list[dict]]:
-        """Per query, the k nearest ``{"id", "score", "distance"[, "label"]}``."""
+        """Per query, the k nearest ``{"id", "score", "distance"[, "label"]}`` (at most N). When an approximate index
+        finds fewer than min(k, N), an `IncompleteResultsWarning` says so."""
         scores, idx = self.search(queries, k)
         out = []
         for srow, irow in zip(scores, idx, strict=True):
@@ -124,41 +238,243 @@ class EmbeddingIndex:
                     hit["label"] = self.labels[i]
                 hits.append(hit)
             out.append(hits)
+        want = min(int(k), len(self))
+        short = [len(h) for h in out if len(h) < want]
+        if short:
+            warnings.warn(
+                IncompleteResultsWarning(
+                    f"the {self.kind} index returned fewer than k = {want} hits for {len(short)} of {len(out)} "
+                    f"queries (as few as {min(short)}): {self.shortfall_advice()}"
+                ),
+                stacklevel=2,
+            )
         return out
 
     # ---------------------------------------------------------------------------------------- save/load
+    def _vector_bytes(self) -> bytes | None:
+        if self.kind == "torch":
+            buf = io.BytesIO()
+            np.save(buf, self._vectors.numpy())
+            return buf.getvalue()
+        if self._faiss is None:
+            return None
+        import faiss
+
+        return faiss.serialize_index(self._faiss).tobytes()
+
+    def _stored_ids(self, folder: str) -> tuple[list[str], dict]:
+        """The ids as saved, and the pointer's image-root fields (paths: relative to their common folder)."""
+        if self.id_type != "path" or not self.ids:
+            return list(self.ids), {}
+        try:
+            root = os.path.commonpath(sorted({os.path.dirname(i) for i in self.ids}))
+        except ValueError:  # on several drives: absolute ids
+            return list(self.ids), {"image_root": None, "image_root_absolute": None}
+        prefix = root if root.endswith(os.sep) else root + os.sep
+        ids = [i[len(prefix) :].replace(os.sep, "/") for i in self.ids]
+        return ids, {"image_root": _relative_to(folder, root), "image_root_absolute": root}
+
+    def _check_legacy_paths(self, folder: Path) -> None:
+        """Refuse to convert an old-layout index whose cwd-relative image paths do not resolve from here."""
+        if not (self._legacy and self.id_type == "path"):
+            return
+        missing = [i for i in self.ids if not os.path.exists(i)]
+        if missing:
+            raise ConfigError(
+                f"{folder} is an index of the old layout, whose image paths are relative to the directory `index "
+                f"build` ran in; {len(missing)} of {len(self.ids)} are not found from {os.getcwd()} (e.g. "
+                f"{missing[0]}): run this from that directory, or give --root DIR (the folder the stored paths are "
+                f"relative to), or {REBUILD}"
+            )
+
     def save(self, folder: str | Path) -> None:
+        """Write a new generation (each file fsynced, with its sha256), then switch ``meta.json`` to it atomically;
+        then remove the generations before the previous one. A kill at any moment leaves the old or the new index."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if self.kind == "torch":
-            atomic_write_bytes(folder / "embeddings.npy", lambda f: np.save(f, self._vectors.numpy()))
-        elif self._faiss is not None:
-            import faiss
-
-            data = faiss.serialize_index(self._faiss)
-            atomic_write_bytes(folder / "index.faiss", lambda f: f.write(data.tobytes()))
-        write_json(folder / "meta.json", {"kind": self.kind, "dim": self.dim, "count": len(self), "params": self.params,
-                                          "model": self.model, "ids": self.ids, "labels": self.labels})  # fmt: skip
+        where = os.path.abspath(folder)
+        self._check_legacy_paths(folder)
+        with _writer_lock(folder):
+            current = _current_generation(folder)
+            if self._source is not None and self._source[0] == where and current != self._source[1]:
+                raise RunError(
+                    f"{folder} changed while this index was loaded (it is now at {current}, loaded at "
+                    f"{self._source[1]}): another process wrote it; load it again and retry"
+                )
+            gen = _new_generation_dir(folder)
+            _pause("generation")
+            files = {}
+            data = self._vector_bytes()
+            if data is not None:
+                name = VECTOR_FILES[self.kind]
+                files[name] = write_with_hash(gen / name, lambda f: f.write(data))
+            _pause("vectors")
+            ids, roots = self._stored_ids(where)
+            items = json.dumps({"ids": ids, "labels": self.labels}).encode()
+            files[ITEMS] = write_with_hash(gen / ITEMS, lambda f: f.write(items))
+            fsync_dir(gen)
+            _pause("items")
+            model = dict(self.model)
+            if model.get("run_dir"):
+                absolute = os.path.abspath(model["run_dir"])
+                model["run_dir"], model["run_dir_absolute"] = _relative_to(where, absolute), absolute
+            meta = {"format": FORMAT, "generation": gen.name, "kind": self.kind, "dim": self.dim,
+                    "count": len(self), "params": self.params, "model": model, "id_type": self.id_type, **roots,
+                    "files": files}  # fmt: skip
+            text = json.dumps(meta, indent=2).encode()
+            atomic_write_bytes(folder / POINTER, lambda f: f.write(text))  # the commit
+            _pause("pointer")
+            for d in folder.iterdir():
+                if _GENERATION.match(d.name) and d.is_dir() and d.name not in (gen.name, current):
+                    shutil.rmtree(d, ignore_errors=True)
+            if self._legacy:
+                for name in set(VECTOR_FILES.values()):
+                    (folder / name).unlink(missing_ok=True)
+            remove_stale_tmp(folder)
+        self._source, self._legacy = (where, gen.name), False
 
     @classmethod
-    def load(cls, folder: str | Path) -> EmbeddingIndex:
+    def load(cls, folder: str | Path, root: str | Path | None = None) -> EmbeddingIndex:
+        """The index in ``folder`` (following ``meta.json`` to its generation, every file checked against its hash:
+        `IntegrityError` naming the file). ``root``: the folder that now holds the index's images, when they were
+        moved without the index (the image paths are re-pointed there)."""
         folder = Path(folder)
-        if not (folder / "meta.json").is_file():
-            raise FileNotFoundError(f"{folder} is not an index directory (no meta.json)")
-        meta = json.loads((folder / "meta.json").read_text())
-        p = meta["params"]
-        index = cls(meta["kind"], meta["dim"], model=meta["model"], nlist=p["nlist"], nprobe=p["nprobe"],
-                    hnsw_m=p["hnsw_m"], ef_search=p["ef_search"], ef_construction=p["ef_construction"])  # fmt: skip
-        index.ids, index.labels = meta["ids"], meta["labels"]
-        if index.kind == "torch":
-            index._vectors = torch.from_numpy(np.load(folder / "embeddings.npy"))
-        elif (folder / "index.faiss").is_file():
-            import faiss
+        pointer = folder / POINTER
+        if not pointer.is_file():
+            raise FileNotFoundError(f"{folder} is not an index directory (no {POINTER})")
+        if root is not None and not Path(root).is_dir():
+            raise ConfigError(f"--root {root}: no such folder; give the folder that now holds the indexed images")
+        try:
+            meta = json.loads(pointer.read_bytes())
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"{pointer} cannot be read ({e}): the index pointer is corrupt; {REBUILD}") from e
+        if "format" not in meta:
+            return cls._load_legacy(folder, meta, root)
+        if meta["format"] != FORMAT:
+            raise ConfigError(f"{pointer}: index format {meta['format']!r} is not known to this deepmetric (it reads "
+                              f"format {FORMAT}); upgrade deepmetric or {REBUILD}")  # fmt: skip
+        try:
+            return cls._load_generation(folder, meta, root)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise IntegrityError(f"{pointer} is malformed (missing or bad field {e}); {REBUILD}") from e
 
-            index._faiss = faiss.deserialize_index(np.frombuffer((folder / "index.faiss").read_bytes(), dtype=np.uint8))
+    @classmethod
+    def _load_generation(cls, folder: Path, meta: dict, root) -> EmbeddingIndex:
+        pointer = folder / POINTER
+        gen_name = meta["generation"]
+        if not isinstance(gen_name, str) or not _GENERATION.match(gen_name):
+            raise IntegrityError(f"{pointer} names no valid generation ({gen_name!r}); {REBUILD}")
+        gen = folder / gen_name
+        if not gen.is_dir():
+            raise IntegrityError(f"{pointer} points to {gen}, which is missing; {REBUILD}")
+        where = os.path.abspath(folder)
+        model = dict(meta["model"])
+        if model.get("run_dir"):
+            model["run_dir"] = _locate(where, model["run_dir"], model.pop("run_dir_absolute", None))
+        model.pop("run_dir_absolute", None)
+        p = meta["params"]
+        index = cls(meta["kind"], meta["dim"], model=model, nlist=p["nlist"], nprobe=p["nprobe"], hnsw_m=p["hnsw_m"],
+                    ef_search=p["ef_search"], ef_construction=p["ef_construction"])  # fmt: skip
+        files, count = meta["files"], int(meta["count"])
+        vector_name = VECTOR_FILES[index.kind]
+        unknown = set(files) - {vector_name, ITEMS}
+        if unknown or ITEMS not in files:
+            raise IntegrityError(f"{pointer} lists unexpected files {sorted(unknown)} or lacks {ITEMS}; {REBUILD}")
+        try:
+            items = json.loads(_read_checked(gen / ITEMS, files[ITEMS], pointer))
+            ids, labels = items["ids"], items["labels"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise IntegrityError(f"{gen / ITEMS} cannot be parsed ({e}); {REBUILD}") from e
+        if len(ids) != count or (labels is not None and len(labels) != count):
+            raise IntegrityError(f"{gen / ITEMS} holds {len(ids)} ids for {count} items; {REBUILD}")
+        stored = 0
+        if vector_name in files:
+            data = _read_checked(gen / vector_name, files[vector_name], pointer)
+            try:
+                if index.kind == "torch":
+                    index._vectors = torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
+                    stored, dim = index._vectors.shape[0], index._vectors.shape[1]
+                else:
+                    import faiss
+
+                    index._faiss = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+                    stored, dim = index._faiss.ntotal, index._faiss.d
+            except (ValueError, RuntimeError, IndexError) as e:
+                raise IntegrityError(f"{gen / vector_name} cannot be read ({e}); {REBUILD}") from e
+            if dim != index.dim:
+                raise IntegrityError(f"{gen / vector_name} holds {dim}-d vectors, {pointer} says {index.dim}")
+        if stored != count:
+            raise IntegrityError(f"{gen}: {stored} stored vectors but {count} items; the index is corrupt; {REBUILD}")
+        index.id_type, index.labels = meta.get("id_type"), labels
+        if index.id_type == "path":
+            index.ids = index._resolve_paths(folder, ids, meta.get("image_root"), meta.get("image_root_absolute"), root)
+        elif root is not None:
+            raise ConfigError(f"--root {root}: this index's ids are names, not image paths; drop --root")
+        else:
+            index.ids = list(ids)
+        index._source = (where, gen_name)
+        return index
+
+    def _resolve_paths(self, folder: Path, ids: list[str], stored_root, absolute_root, root) -> list[str]:
+        """Absolute image paths: ``ids`` under the image root (found from the index folder) or under ``root``."""
+        if stored_root is None and absolute_root is None:  # absolute ids (images on several drives)
+            if root is not None:
+                raise ConfigError(f"--root {root}: this index's images span several drives, so their paths are "
+                                  f"stored absolute and cannot be re-pointed; {REBUILD}")  # fmt: skip
+            return [os.path.normpath(i) for i in ids]
+        base = os.path.abspath(root) if root is not None else _locate(os.path.abspath(folder), stored_root,
+                                                                      absolute_root)  # fmt: skip
+        paths = [os.path.normpath(os.path.join(base, i)) for i in ids]
+        if root is not None and paths:
+            sample = paths[:: max(1, len(paths) // 5)][:5]
+            if not any(os.path.exists(p) for p in sample):
+                raise ConfigError(
+                    f"--root {root}: none of the indexed images is there (e.g. {sample[0]}); give the folder that now "
+                    f"holds what was {absolute_root} (the index's image root, as in {folder / POINTER})"
+                )
+        return paths
+
+    @classmethod
+    def _load_legacy(cls, folder: Path, meta: dict, root) -> EmbeddingIndex:
+        """An index of the flat layout of before (``meta.json`` with ids, vectors beside it, no hashes)."""
+        try:
+            p = meta["params"]
+            index = cls(meta["kind"], meta["dim"], model=meta["model"], nlist=p["nlist"], nprobe=p["nprobe"],
+                        hnsw_m=p["hnsw_m"], ef_search=p["ef_search"], ef_construction=p["ef_construction"])  # fmt: skip
+            ids, index.labels = list(meta["ids"]), meta["labels"]
+        except (KeyError, TypeError) as e:
+            raise IntegrityError(f"{folder / POINTER} is not an index pointer (missing {e}); {REBUILD}") from e
+        vectors = folder / VECTOR_FILES[index.kind]
+        try:
+            if index.kind == "torch":
+                index._vectors = torch.from_numpy(np.load(vectors, allow_pickle=False))
+            elif vectors.is_file():
+                import faiss
+
+                index._faiss = faiss.deserialize_index(np.frombuffer(vectors.read_bytes(), dtype=np.uint8))
+        except (OSError, ValueError, RuntimeError) as e:
+            raise IntegrityError(f"{vectors} cannot be read ({e}); {REBUILD}") from e
         stored = index._vectors.shape[0] if index.kind == "torch" else (index._faiss.ntotal if index._faiss else 0)
-        if stored != len(index.ids):
-            raise ValueError(f"{folder}: {stored} stored vectors but {len(index.ids)} ids; the index is corrupt")
+        if stored != len(ids):
+            raise IntegrityError(f"{folder}: {stored} stored vectors but {len(ids)} ids: corrupt; {REBUILD}")
+        if ids and all(Path(i).suffix.lower() in IMAGE_EXTENSIONS for i in ids):  # image paths, relative to a cwd
+            base = os.path.abspath(root) if root is not None else os.getcwd()
+            index.ids, index.id_type = [os.path.normpath(os.path.join(base, i)) for i in ids], "path"
+        elif root is not None:
+            raise ConfigError(f"--root {root}: this index's ids are names, not image paths; drop --root")
+        else:
+            index.ids, index.id_type = ids, ("name" if ids else None)
+        index._legacy, index._source = True, (os.path.abspath(folder), None)
+        warnings.warn(
+            IndexWarning(
+                f"{folder} is an index of the old layout (no generations, no hashes; image paths relative to the "
+                f"directory `index build` ran in): read unchecked. `deepmetric index add` converts it (run from "
+                f"that directory or with --root), or {REBUILD}"
+            ),
+            stacklevel=3,
+        )
         return index
 
     def check_model(self, model_source: dict) -> None:
@@ -171,3 +487,58 @@ class EmbeddingIndex:
                 f"{mine[:12]}…), not with {model_source.get('run_dir')} (sha256 {other}…); "
                 "build a new index for another model"
             )
+
+
+def _read_checked(path: Path, expected: str, pointer: Path) -> bytes:
+    """``path``'s bytes, if their sha256 is the one ``pointer`` records; else `IntegrityError` naming the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise IntegrityError(f"{path} cannot be read ({e}); {REBUILD}") from e
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise IntegrityError(
+            f"{path} does not match its hash recorded in {pointer} (sha256 {actual[:12]}… instead of "
+            f"{str(expected)[:12]}…): the file is corrupt or was changed; restore it or {REBUILD}"
+        )
+    return data
+
+
+def _current_generation(folder: Path) -> str | None:
+    """The generation ``folder/meta.json`` points to (None: no index, or one of the old flat layout)."""
+    try:
+        meta = json.loads((folder / POINTER).read_bytes())
+        return meta.get("generation") if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _new_generation_dir(folder: Path) -> Path:
+    """Create (exclusively) the next ``gen-NNNNNN`` folder, durably."""
+    numbers = [int(m.group(1)) for d in folder.iterdir() if (m := _GENERATION.match(d.name))]
+    n = max(numbers, default=0) + 1
+    while True:
+        gen = folder / f"gen-{n:06d}"
+        try:
+            gen.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    fsync_dir(folder)
+    return gen
+
+
+@contextlib.contextmanager
+def _writer_lock(folder: Path):
+    """An exclusive lock on ``folder/.lock`` while a generation is written (POSIX; a no-op elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,46 +1,47 @@
-"""Atomic file writes: a killed process never leaves a half-written checkpoint, metrics or log file."""
+"""Checkpoints and other run files, written atomically and durably (`deepmetric.integrity`); checkpoints carry a
+sha256 beside them (``NAME.pt.sha256``), checked on every load."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..integrity import (
+    IntegrityError,
+    atomic_write_bytes,
+    hash_path,
+    move_with_hash,
+    verify_hash,
+    write_with_hash,
+)
 
-def atomic_write_bytes(path: str | Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+
+def save_checkpoint(state: dict, path: str | Path, previous: str | Path | None = None) -> None:
+    """``state`` into ``path`` with its hash; with ``previous``, the file it replaces is kept there first (so a
+    corrupt newest checkpoint leaves an intact one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    if previous is not None and path.is_file():
+        move_with_hash(path, previous)
+    write_with_hash(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint, after checking it against its recorded hash (`IntegrityError`, a `RunError`, naming the file
+    when it does not match or cannot be read; a checkpoint written before hashes loads with a warning)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if verify_hash(path, required=False) is None:
+        warnings.warn(f"{path} has no recorded hash ({hash_path(path).name}): loaded unchecked", stacklevel=2)
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+        raise IntegrityError(f"cannot read checkpoint {path}: {(str(e).splitlines() or [type(e).__name__])[0]}") from e
 
 
 def write_json(path: str | Path, obj) -> None:

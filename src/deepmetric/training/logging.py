@@ -1,13 +1,12 @@
-"""A run's outputs while it trains: ``log.jsonl``, TensorBoard and the progress display (rank 0 only)."""
+"""A run's outputs while it trains: ``log.jsonl``, the trackers and the progress display (rank 0 only)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
-from .checkpoint import write_text
+from .trackers import JsonLog, Tracker, build_trackers
 
 
 class Progress:
@@ -42,24 +41,39 @@ class Progress:
 
 
 class RunLog:
-    """``log.jsonl`` records (and TensorBoard scalars) and messages; inert on processes other than rank 0.
+    """Where the trainer's records go (`deepmetric.training.trackers`: ``log.jsonl`` always, TensorBoard and MLflow
+    when asked for) and its messages; inert on processes other than rank 0.
 
-    ``open`` starts the progress display and TensorBoard for a training session; ``close`` ends them."""
+    ``start_tracking`` opens the optional trackers for a session (before the baseline is scored), ``open`` starts the
+    progress display, ``finish_tracking`` hands the trackers the run's final files, ``close`` ends them. An optional
+    tracker that fails while the run trains is reported once and dropped (tracking never stops training);
+    ``log.jsonl`` failing (a full disk) stops the run."""
 
-    def __init__(self, run_dir: Path, *, main: bool, quiet: bool, tensorboard: bool):
-        self.path, self.main, self.quiet = Path(run_dir) / "log.jsonl", main, quiet or not main
-        self.tensorboard_wanted = tensorboard and main
-        self.tensorboard = None
+    def __init__(self, run_dir: Path, *, main: bool, quiet: bool):
+        self.main, self.quiet = main, quiet or not main
+        self.json = JsonLog(Path(run_dir))
+        self.path = self.json.path
+        self.trackers: list[Tracker] = [self.json]
         self.progress: Progress | None = None
 
+    @property
+    def records(self) -> int:
+        """Records in ``log.jsonl``: a checkpoint stores the count, a resume cuts the log back to it."""
+        return self.json.records
+
+    def start_tracking(self, cfg, resumed: bool) -> None:
+        """Open the trackers ``cfg`` asks for (rank 0); a tracker that cannot start is an error before training."""
+        if not self.main or len(self.trackers) > 1:
+            return
+        for tracker in build_trackers(cfg, self.path.parent):
+            tracker.start(cfg, self.path.parent, resumed)
+            self.trackers.append(tracker)
+
+    def finish_tracking(self, metrics: dict) -> None:
+        for tracker in list(self.trackers):
+            self._call(tracker, "finish", self.path.parent, metrics)
+
     def open(self, total_steps: int, step: int) -> None:
-        if self.tensorboard_wanted:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                hint = "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
-                raise ImportError(hint) from e
-            self.tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
         self.progress = Progress(total_steps, step, enabled=not self.quiet)
 
     def close_progress(self) -> None:
@@ -69,21 +83,51 @@ class RunLog:
 
     def close(self) -> None:
         self.close_progress()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-            self.tensorboard = None
+        for tracker in self.trackers[1:]:
+            try:
+                tracker.close()
+            except Exception as e:  # closing a tracker must not hide the run's own outcome
+                self.warn(f"{type(tracker).__name__} did not close cleanly: {e}")
+        self.trackers = [self.json]
+
+    def _call(self, tracker: Tracker, name: str, *args) -> None:
+        if tracker is self.json:
+            getattr(tracker, name)(*args)
+            return
+        try:
+            getattr(tracker, name)(*args)
+        except Exception as e:  # a tracker's failure (a locked database, a full disk) is reported
+            self.trackers.remove(tracker)
+            self.warn(f"{type(tracker).__name__} failed ({type(e).__name__}: {e}); training goes on without it, "
+                      f"log.jsonl still has every record")  # fmt: skip
 
     def write(self, record: dict) -> None:
-        """One record into ``log.jsonl`` (and its numbers into TensorBoard)."""
+        """One record into every tracker (``log.jsonl`` first)."""
         if not self.main:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-        if self.tensorboard is not None:
-            group = record["type"] if record["type"] == "train" else record.get("split", "eval")
-            for key, value in record.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and key not in ("step", "epoch"):
-                    self.tensorboard.add_scalar(f"{group}/{key}", value, record["step"])
+        for tracker in list(self.trackers):
+            self._call(tracker, "log", record)
+
+    def sync(self) -> None:
+        """Make the records written so far durable: called before a checkpoint that counts them is written."""
+        if self.main:
+            self.json.sync()
+
+    def truncate(self, records: int | None, step: int) -> None:
+        """`JsonLog.truncate` on rank 0 (resume)."""
+        if self.main:
+            kept = self.json.truncate(records, step)
+            if records is not None and kept < records:
+                self.warn(f"{self.path} holds {kept} of the {records} records written before the checkpoint")
+
+    def warn(self, text: str) -> None:
+        """A warning on stderr, shown even when quiet (rank 0 only)."""
+        if not self.main:
+            return
+        if self.progress is not None and self.progress.enabled:
+            self.progress.line(f"warning: {text}")
+        else:
+            print(f"deepmetric: warning: {text}", file=sys.stderr, flush=True)
 
     def say(self, text: str) -> None:
         """A message: a progress line while training, else ``deepmetric: …`` on stderr (unless quiet)."""
@@ -97,17 +141,3 @@ class RunLog:
         from tqdm.auto import tqdm
 
         return tqdm(iterable, desc=description, unit="batch", leave=False, disable=self.quiet or None)
-
-    def truncate(self, step: int) -> None:
-        """Drop records written after ``step`` (by an interrupted process) so the log reads as one run."""
-        if not self.main or not self.path.is_file():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by the kill
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        write_text(self.path, "".join(line + "\n" for line in kept))

@@ -33,7 +33,7 @@ def train_fold(config: str | Path, run_dir: Path, overrides: list[str], quiet: b
 
     if (run_dir / "metrics.json").is_file():
         return
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    resume = (run_dir / "config.yaml").is_file()  # an interrupted fold (with or without a checkpoint yet)
     cfg = load_config(run_dir / "config.yaml", overrides) if resume else load_config(config, overrides)
     Trainer(cfg, run_dir, resume=resume, quiet=quiet).fit()
 

@@ -2,14 +2,23 @@
 
 The run's parts come from `deepmetric.run` (method, data), its outputs go through `RunLog`, model selection and early
 stopping through `Selection`. Run directory: ``config.yaml``, ``log.jsonl``, ``metrics.json``,
-``checkpoints/last.pt``, ``checkpoints/best.pt``, ``report.html``. Determinism: the sampler depends on (seed, epoch),
-each step's augmentation on (seed, step), initialisation on the seed; ``last.pt`` holds the method, optimizer,
-schedule, sampler position, every RNG state and the counters, so a resumed run ends where an uninterrupted one would.
+``checkpoints/last.pt`` (and the one before it, ``last.prev.pt``), ``checkpoints/best.pt``, each with its
+``.sha256``, ``report.html``. Determinism: the sampler depends on (seed, epoch), each step's augmentation on (seed,
+step), initialisation on the seed; ``last.pt`` holds the method, optimizer, schedule, sampler position, every RNG
+state, the counters and how many records ``log.jsonl`` had, so a resumed run ends where an uninterrupted one would.
+
+SIGINT / SIGTERM finish the current step, write ``last.pt`` and stop with `TrainingInterrupted` (exit 130 / 143); a
+second one stops at once. Non-finite (or overflowing) losses, gradients and weights stop the run
+(`NonFiniteLossError`) before a checkpoint could hold them; ``train.skip_nonfinite_steps`` skips a bounded number.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -17,9 +26,10 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..config import Config, to_yaml
+from ..config import Config, load_config, to_yaml
 from ..data import collate_batch
-from ..errors import RunError
+from ..errors import ConfigError, RunError
+from ..integrity import IntegrityError, remove_file_with_hash, remove_stale_tmp
 from ..methods import MethodContext
 from ..precision import DTYPES
 from ..run import (
@@ -43,32 +53,85 @@ from .checkpoint import (
 )
 from .logging import RunLog
 from .optim import build_optimizer
+from .resume import resume_changes
 from .schedule import LRSchedule
 from .selection import Selection
 
 CHECKPOINT_VERSION = 1
+# what a run writes into its directory: --overwrite deletes these (and nothing else there)
+RUN_OUTPUTS = ("config.yaml", "log.jsonl", "metrics.json", "report.html", "mlflow_run_id", "checkpoints", "report",
+               "tensorboard")  # fmt: skip
 
 
 class NonFiniteLossError(RunError):
-    """Raised when a loss becomes NaN or Inf; the last good checkpoint is kept."""
+    """A loss, gradient or weight became NaN, Inf or too large to square; the last good checkpoint is kept."""
+
+
+class RunExistsError(ConfigError, FileExistsError):
+    """The run directory already holds a run (neither resume nor overwrite was asked for)."""
+
+
+class TrainingInterrupted(RunError):
+    """SIGINT or SIGTERM stopped training; the exit status is the shell's convention, 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def first_bad(named) -> tuple[str, float, torch.dtype] | None:
+    """The first of ``(name, tensor)`` holding a NaN, an Inf or a value whose square overflows its dtype (|x| >
+    √max, 1.8e19 in float32: norms, variances and Adam's second moment turn it into Inf; lr = 1e6 drives BatchNorm's
+    running variance there long before an Inf appears), as (name, its largest |value|, dtype); None when all are
+    sound. One host sync for all tensors."""
+    items = [(n, t.detach()) for n, t in named if t is not None and t.is_floating_point() and t.numel()]
+    if not items:
+        return None
+    peaks = [t.abs().amax() for _, t in items]  # NaN propagates through amax
+    ok = torch.stack([p <= math.sqrt(torch.finfo(t.dtype).max) for p, (_, t) in zip(peaks, items, strict=True)])
+    if bool(ok.all()):
+        return None
+    i = int((~ok).nonzero()[0])
+    return items[i][0], float(peaks[i]), items[i][1].dtype
+
+
+def describe_bad(name: str, peak: float, dtype: torch.dtype) -> str:
+    if not math.isfinite(peak):
+        return f"{name} holds {peak}"
+    limit = math.sqrt(torch.finfo(dtype).max)
+    return f"{name} reaches {peak:.3g}, beyond {limit:.2g} where its square overflows {str(dtype).split('.')[-1]}"
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, quiet: bool = False):
-        """``resume``: continue the run in ``run_dir``."""
+    def __init__(self, cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 quiet: bool = False):  # fmt: skip
+        """``resume``: continue the run in ``run_dir`` (its ``config.yaml`` may differ from ``cfg`` only in the keys
+        `deepmetric.training.resume.RESUME_SAFE` lists); ``overwrite``: delete the run there first and start anew."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        if not resume and ((self.run_dir / "log.jsonl").exists() or self.ckpt_dir.exists()):
-            raise FileExistsError(
-                f"run directory {self.run_dir} already holds a run: continue it with --resume {self.run_dir}, "
-                "or choose another --output"
+        if resume and overwrite:
+            raise ConfigError(f"resume and overwrite exclude each other ({self.run_dir}): choose one")
+        holds_run = any((self.run_dir / name).exists() for name in ("log.jsonl", "metrics.json", "checkpoints"))
+        if not resume and holds_run and not overwrite:
+            raise RunExistsError(
+                f"run directory {self.run_dir} already holds a run: continue it with --resume {self.run_dir}, start "
+                "it again from scratch with --overwrite (deletes its files), or choose another --output"
             )
+        changes = self._resume_changes() if resume else []  # before any data is read
         # under torchrun: join the process group; rank 0 alone writes files and shows progress
         device = cfg.train.device
         self.device = distributed.setup(device) if distributed.requested() else resolve_device(device)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
-        self.log = RunLog(self.run_dir, main=self.main, quiet=quiet, tensorboard=cfg.train.tensorboard)
+        self.log = RunLog(self.run_dir, main=self.main, quiet=quiet)
+        if overwrite and holds_run and self.main:
+            self._remove_run()
+        if resume and self.main:
+            stale = remove_stale_tmp(self.run_dir) + remove_stale_tmp(self.ckpt_dir)
+            if stale:
+                self.log.say(f"removed {len(stale)} temporary file(s) left by an interrupted process")
+        if changes:
+            self.log.say("resuming with " + ", ".join(f"{k}: {a} → {b}" for k, a, b in changes))
         seed_everything(cfg.train.seed)
         self.data = build_data(cfg, self.device)
         # a private generator: creating an iterator must not draw from the global RNG (methods draw from it, and a
@@ -93,7 +156,18 @@ class Trainer:
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.selection = Selection(cfg.train.select_metric, cfg.train.early_stopping_patience)
-        self.step, self.epoch, self.batch_in_epoch, self._last_saved_step = 0, 0, 0, 0
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.last_checkpoint: tuple[Path, int] | None = None  # the newest intact last.pt (or last.prev.pt), its step
+        # numerics: checked every step on the CPU (free) or when skipping is allowed (the skip needs the answer
+        # before the update); on a GPU at log and checkpoint steps only, so that a training step never waits for
+        # the device: a NaN loss is remembered on the device (its first step), the weights are checked there
+        self.skip_limit = cfg.train.skip_nonfinite_steps
+        self.check_every_step = self.device.type == "cpu" or self.skip_limit > 0
+        self.skipped_steps: list[int] = []
+        self._bad_loss_step = torch.zeros((), dtype=torch.long, device=self.device)
+        self._weights_checked = 0  # the last step whose weights were found sound
+        self._signal: int | None = None
+        self._deferring = False  # in the training loop: a first signal waits for the step's end
         self.baseline: dict | None = None
         self.history: list[dict] = []
         self.bad_images: list[str] = []
@@ -114,15 +188,60 @@ class Trainer:
             "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             **self.selection.state_dict(), "history": self.history, "bad_images": self.bad_images,
-            "baseline": self.baseline, "rng": rng_state(),
+            "baseline": self.baseline, "rng": rng_state(), "log_records": self.log.records,
+            "skipped_steps": self.skipped_steps,
         }  # fmt: skip
 
+    def _resume_changes(self) -> list[tuple[str, object, object]]:
+        """The keys in which ``cfg`` differs from the run's ``config.yaml``; a `ConfigError` for one not safe."""
+        saved = self.run_dir / "config.yaml"
+        return resume_changes(load_config(saved), self.cfg, self.run_dir) if saved.is_file() else []
+
+    def _remove_run(self) -> None:
+        """--overwrite: delete what a run wrote into the run directory (`RUN_OUTPUTS`), nothing else there."""
+        for name in RUN_OUTPUTS:
+            path = self.run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        remove_stale_tmp(self.run_dir)
+        self.log.say(f"--overwrite: removed the previous run in {self.run_dir}")
+
+    def _load_last(self) -> tuple[dict, Path] | None:
+        """The newest intact checkpoint: ``last.pt``, else (with a warning) ``last.prev.pt``; None when there is
+        none; `IntegrityError` when neither is intact."""
+        problems = []
+        for path in (self.ckpt_dir / "last.pt", self.ckpt_dir / "last.prev.pt"):
+            if not path.is_file():
+                problems.append(f"{path} missing")
+                continue
+            try:
+                state = load_checkpoint(path)
+            except IntegrityError as e:
+                problems.append(str(e))
+                continue
+            if path.name != "last.pt":
+                self.log.warn(f"{problems[0]}; resuming from the previous checkpoint {path} (step {state['step']})")
+                corrupt = self.ckpt_dir / "last.pt"
+                if self.main and corrupt.is_file():  # kept aside: the next checkpoint must not make it last.prev.pt
+                    os.replace(corrupt, self.ckpt_dir / "last.corrupt.pt")
+                    remove_file_with_hash(corrupt)
+            return state, path
+        if len(problems) == 2 and all(p.endswith(" missing") for p in problems):
+            return None
+        raise IntegrityError(
+            f"no intact checkpoint to resume {self.run_dir} from: {'; '.join(problems)}; start it again with "
+            "--overwrite"
+        )
+
     def _resume(self) -> None:
-        path = self.ckpt_dir / "last.pt"
-        if not path.is_file():
+        loaded = self._load_last()
+        if loaded is None:
             self.log.say(f"no checkpoint in {self.ckpt_dir}: starting from the beginning")
+            self.log.truncate(0, 0)  # what a process killed before its first checkpoint logged is redone
             return
-        state = load_checkpoint(path)
+        state, path = loaded
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -130,16 +249,42 @@ class Trainer:
         self.selection.load_state_dict(state)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.history, self.bad_images, self.baseline = state["history"], state["bad_images"], state.get("baseline")
+        self.skipped_steps = list(state.get("skipped_steps", []))
         set_rng_state(state["rng"])
-        self.log.truncate(self.step)
+        self.log.truncate(state.get("log_records"), self.step)
+        self.last_checkpoint = (path, self.step)
+        if self.step > self.total_steps:
+            raise ConfigError(
+                f"the step budget ({self.total_steps} steps: train.max_steps / train.epochs) is below step {self.step} "
+                f"that {self.run_dir} reached: give a larger one"
+            )
         self.log.say(f"resumed from step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
+    def _check_weights(self) -> None:
+        """Stop before a checkpoint (or another step) could hold a NaN, an Inf or an overflowing weight."""
+        # every parameter (the model's, a loss's proxies) and the model's buffers (BatchNorm statistics); not a
+        # method's own bookkeeping buffers, which may hold ±Inf on purpose (CCP's "no best value yet")
+        buffers = (("model." + name, b) for name, b in self.method.model.named_buffers())
+        bad = first_bad([*self.method.named_parameters(), *buffers])
+        if bad is not None:
+            where = ""
+            if not self.check_every_step:  # found at a log or checkpoint step: it went wrong since the last check
+                where = f" (checked at log/checkpoint steps on {self.device.type}: sound at {self._weights_checked})"
+            raise self._nonfinite(f"non-finite weight after step {self.step}: {describe_bad(*bad)}{where}",
+                                  skippable=False)  # fmt: skip
+        self._weights_checked = self.step
+
     def save_last(self) -> None:
+        self._check_on_device()
+        self._check_weights()
         if self.main:
-            save_checkpoint(self._state(), self.ckpt_dir / "last.pt")
-        self._last_saved_step = self.step
+            self.log.sync()  # the records the checkpoint counts are on disk before it
+            save_checkpoint(self._state(), self.ckpt_dir / "last.pt", previous=self.ckpt_dir / "last.prev.pt")
+        self.last_checkpoint = (self.ckpt_dir / "last.pt", self.step)
 
     def _save_best(self, key: str | None, value: float | None) -> None:
+        self._check_on_device()
+        self._check_weights()
         if self.main:
             save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": key, "value": value,
                              "meta": self.data.inference_meta(self.cfg)}, self.ckpt_dir / "best.pt")  # fmt: skip
@@ -204,10 +349,20 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=self.use_amp):
             parts = self.train_module(inputs)  # = method.training_step, through DDP under torchrun
         loss = parts["loss"]
-        if self.device.type == "cpu" and not math.isfinite(float(loss.detach())):  # free on CPU; on GPU checked at logs
-            self._nonfinite(parts)
+        if not self.check_every_step:  # GPU: the first bad step, kept on the device; read at log / checkpoint steps
+            bad = ~torch.isfinite(loss.detach()) & (self._bad_loss_step == 0)
+            self._bad_loss_step = torch.where(bad, self.step + 1, self._bad_loss_step)
+        elif not self.skip_limit and not math.isfinite(float(loss.detach())):
+            raise self._nonfinite(f"non-finite loss at step {self.step + 1} ({self._described(parts)})")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.check_every_step:  # after backward: under torchrun every rank sees the same (all-reduced) gradients
+            problem = self._step_problem(parts)
+            if problem is not None:
+                if not self.skip_limit:
+                    raise self._nonfinite(problem)
+                self._skip(problem)
+                return parts
         clip_norm, clip_value = self.cfg.optim.grad_clip_norm, self.cfg.optim.grad_clip_value
         if clip_norm or clip_value:
             self.scaler.unscale_(self.optimizer)
@@ -219,18 +374,60 @@ class Trainer:
         self.scaler.update()
         return parts
 
-    def _nonfinite(self, parts: dict) -> None:
-        described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
-        raise NonFiniteLossError(
-            f"non-finite loss at step {self.step + 1} ({described}); the run stopped and the last good checkpoint "
-            f"({self.ckpt_dir / 'last.pt'}, step {self._last_saved_step}) is kept. Lower optim.lr or set "
-            "optim.grad_clip_norm."
-        )
+    @staticmethod
+    def _described(parts: dict) -> str:
+        return ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
+
+    def _step_problem(self, parts: dict) -> str | None:
+        """What is wrong with this step's loss or gradients (None: nothing). Under AMP the scaler skips steps with
+        Inf gradients itself (and lowers its scale), so only the loss counts."""
+        if not math.isfinite(float(parts["loss"].detach())):
+            return f"non-finite loss at step {self.step + 1} ({self._described(parts)})"
+        if not self.use_amp:
+            bad = first_bad((name, p.grad) for name, p in self.method.named_parameters())
+            if bad is not None:
+                return f"non-finite gradient at step {self.step + 1}: {describe_bad(*bad)}"
+        return None
+
+    def _skip(self, problem: str) -> None:
+        """train.skip_nonfinite_steps: no update this step; stop once more steps than allowed were skipped."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps.append(self.step + 1)
+        if len(self.skipped_steps) > self.skip_limit:
+            raise self._nonfinite(
+                f"{problem}: more than train.skip_nonfinite_steps={self.skip_limit} non-finite steps (skipped: "
+                f"{self.skipped_steps[:-1]})", skippable=False,
+            )  # fmt: skip
+        self.log.write({"type": "skipped", "step": self.step + 1, "epoch": self.epoch, "reason": problem})
+        self.log.warn(f"{problem}: step skipped without an update ({len(self.skipped_steps)} of {self.skip_limit})")
+
+    def _nonfinite(self, what: str, skippable: bool = True) -> NonFiniteLossError:
+        if self.last_checkpoint is not None and self.last_checkpoint[0].is_file():
+            path, step = self.last_checkpoint
+            kept = f"the last good checkpoint ({path}, step {step}) is kept"
+        else:
+            kept = "no checkpoint had been written"
+        hint = "Lower optim.lr or set optim.grad_clip_norm" + (
+            f", or skip up to N such steps with train.skip_nonfinite_steps=N (also on --resume {self.run_dir})"
+            if skippable else "")  # fmt: skip
+        return NonFiniteLossError(f"{what}; the run stopped and {kept}. {hint}.")
+
+    def _check_on_device(self) -> None:
+        """GPU, at log and checkpoint steps: the first step whose loss was not finite, remembered on the device."""
+        if self.check_every_step:
+            return
+        bad_step = int(self._bad_loss_step)
+        if bad_step:
+            raise self._nonfinite(f"non-finite loss at step {bad_step}")
 
     def _log_step(self, parts: dict, rate: float) -> None:
+        self._check_on_device()  # (GPU) the first bad step, before this step's values
         values = {k: float(v.detach()) for k, v in parts.items()}
-        if not all(math.isfinite(v) for v in values.values()):
-            self._nonfinite(parts)
+        skipped = bool(self.skipped_steps) and self.skipped_steps[-1] == self.step
+        if not skipped and not all(math.isfinite(v) for v in values.values()):
+            raise self._nonfinite(f"non-finite loss at step {self.step} ({self._described(parts)})")
+        if not self.check_every_step:
+            self._check_weights()
         self.log.write({"type": "train", "step": self.step, "epoch": self.epoch, **values,
                         "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": rate})  # fmt: skip
         progress = self.log.progress
@@ -238,55 +435,115 @@ class Trainer:
         if progress.plain and progress.enabled:
             progress.line(f"step {self.step}/{self.total_steps} loss {values['loss']:.4f} ({rate:.1f} steps/s)")
 
+    # --------------------------------------------------------------------------------------------- signals
+    def _on_signal(self, signum: int, frame) -> None:
+        """The first signal in the loop: finish the step, then `_stop_if_signalled`. A second one, or one outside the
+        loop (baseline aside): stop at once."""
+        name = signal.Signals(signum).name
+        if self._signal is None and self._deferring:
+            self._signal = signum
+            if self.main:  # os.write: a handler must not re-enter a buffered print
+                os.write(2, f"deepmetric: {name}: finishing step {self.step + 1}, then writing a checkpoint (send it "
+                            "again to stop at once)\n".encode())  # fmt: skip
+            return
+        saved = self.last_checkpoint
+        if saved and saved[1] == self.step:
+            state = f"with the checkpoint of step {self.step} ({saved[0]})"
+        elif saved:
+            state = f"without a checkpoint of step {self.step} (the last is of step {saved[1]}: {saved[0]})"
+        else:
+            state = "before the first checkpoint"
+        raise TrainingInterrupted(f"{name}: stopped at once, {state}; continue with: deepmetric train --resume "
+                                  f"{self.run_dir}", signum)  # fmt: skip
+
+    def _catch_signals(self) -> dict:
+        """SIGINT / SIGTERM handlers for the session (main thread only); the previous ones, to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _stop_if_signalled(self) -> None:
+        """At a step's end: after a signal, write the checkpoint and stop. Under torchrun the ranks agree at log steps
+        (rank 0's signal counts; the host waits there anyway), so all stop after the same step."""
+        signum = self._signal
+        if self.world_size > 1:
+            if self.step % self.cfg.train.log_every:
+                return
+            signum = self._signal = distributed.broadcast_object(self._signal if self.main else None)
+        if signum is None:
+            return
+        self._deferring = False  # a second signal while saving stops at once
+        if self.last_checkpoint is None or self.last_checkpoint[1] != self.step:
+            self.save_last()
+        path = self.last_checkpoint[0]
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name}: stopped after step {self.step} with a checkpoint "
+            f"({path}); continue with: deepmetric train --resume {self.run_dir}",
+            signum,
+        )
+
     def fit(self) -> dict:
         """Train (or continue), evaluate the best checkpoint on test, write metrics.json and the report."""
         cfg = self.cfg
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "config.yaml", to_yaml(cfg))
-        self._last_saved_step = self.step
-        if self.step == 0 and cfg.train.baseline and self.baseline is None:
-            self.baseline = score_baseline(self)
-        self.log.open(self.total_steps, self.step)
+        previous = self._catch_signals()
+        self._deferring = True
+        try:
+            self.log.start_tracking(cfg, resumed=self.step > 0)
+            if self.step == 0 and cfg.train.baseline and self.baseline is None:
+                self.baseline = score_baseline(self)
+            self.log.open(self.total_steps, self.step)
+            try:
+                self._stop_if_signalled()
+                self._loop()
+            finally:
+                self.log.close_progress()
+            self._deferring = False  # training is done and saved: a signal now stops at once
+            return self.finish()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            self.log.close()
+
+    def _loop(self) -> None:
+        cfg = self.cfg
         self.context.step = self.step
         self.method.on_train_start(self.context)
         stop = False
         t_last, step_last = time.perf_counter(), self.step
-        try:
-            while self.step < self.total_steps and not stop:
-                self.data.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
-                for batch in self.loader:
-                    self.bad_images += batch["bad_paths"]
-                    if batch["image"].shape[0] == 0:
-                        continue
-                    self.schedule.apply(self.step)
-                    parts = self._train_step(batch)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    self.method.on_step_end(self.step)
-                    if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
-                        now = time.perf_counter()
-                        self._log_step(parts, (self.step - step_last) / max(now - t_last, 1e-9))
-                        t_last, step_last = now, self.step
-                    self.log.progress.update({}, 1)
-                    end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch
-                    every = cfg.train.eval_every_steps
-                    eval_due = (every and self.step % every == 0) or (not every and end_of_epoch)
-                    if end_of_epoch:
-                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    if eval_due or self.step == self.total_steps:
-                        stop = self._validate()
-                    checkpoint_due = cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0
-                    if eval_due or end_of_epoch or self.step == self.total_steps or checkpoint_due:
-                        self.save_last()
-                    if stop or self.step >= self.total_steps or end_of_epoch:
-                        break
-        finally:
-            self.log.close_progress()
-        try:
-            return self.finish()
-        finally:
-            self.log.close()
+        while self.step < self.total_steps and not stop:
+            self.data.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            for batch in self.loader:
+                self.bad_images += batch["bad_paths"]
+                if batch["image"].shape[0] == 0:
+                    continue
+                self.schedule.apply(self.step)
+                parts = self._train_step(batch)
+                self.step += 1
+                self.batch_in_epoch += 1
+                if self.check_every_step:
+                    self._check_weights()
+                self.method.on_step_end(self.step)
+                if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    self._log_step(parts, (self.step - step_last) / max(now - t_last, 1e-9))
+                    t_last, step_last = now, self.step
+                self.log.progress.update({}, 1)
+                end_of_epoch = self.batch_in_epoch >= self.steps_per_epoch
+                every = cfg.train.eval_every_steps
+                eval_due = (every and self.step % every == 0) or (not every and end_of_epoch)
+                if end_of_epoch:
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                if eval_due or self.step == self.total_steps:
+                    stop = self._validate()
+                checkpoint_due = cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0
+                if eval_due or end_of_epoch or self.step == self.total_steps or checkpoint_due:
+                    self.save_last()
+                self._stop_if_signalled()
+                if stop or self.step >= self.total_steps or end_of_epoch:
+                    break
 
     def finish(self) -> dict:
         """Test evaluation with the best checkpoint (or the last weights without validation), metrics.json, report."""
@@ -308,6 +565,8 @@ class Trainer:
             metrics["baseline"] = self.baseline
         if self.cfg.train.select_split == "test":
             metrics["warning"] = "model selected on the test split (train.select_split=test): test metrics are biased"
+        if self.skipped_steps:
+            metrics["skipped_steps"] = self.skipped_steps
         if self.bad_images:
             metrics["skipped_images"] = {"count": len(self.bad_images), "paths": sorted(set(self.bad_images))}
         if self.main:
@@ -316,5 +575,6 @@ class Trainer:
                 from ..report import write_report
 
                 write_report(self.run_dir, run=self, test_embedded=test_embedded)
+            self.log.finish_tracking(metrics)
         distributed.barrier()
         return metrics

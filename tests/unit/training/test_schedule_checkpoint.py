@@ -65,14 +65,14 @@ def test_atomic_write_never_leaves_a_half_written_file(tmp_path, monkeypatch):
         save_checkpoint({"step": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
-    assert os.listdir(tmp_path) == ["ckpt.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pt", "ckpt.pt.sha256"]  # no temporary file left
     write_json(tmp_path / "m.json", {"a": math.pi})
     assert (tmp_path / "m.json").read_text().startswith("{")
 
 
 def test_unreadable_checkpoint_is_named(tmp_path):
-    (tmp_path / "x.pt").write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match=r"x\.pt"):
+    (tmp_path / "x.pt").write_bytes(b"garbage")  # and no hash file: read unchecked, with a warning
+    with pytest.raises(RuntimeError, match=r"x\.pt"), pytest.warns(UserWarning, match="no recorded hash"):
         load_checkpoint(tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "none.pt")
