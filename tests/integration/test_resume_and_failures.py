@@ -19,7 +19,7 @@ from deepmetric.errors import ConfigError
 from deepmetric.registry import LOSSES
 from deepmetric.training import NonFiniteLossError, Trainer
 from deepmetric.training.checkpoint import load_checkpoint
-from deepmetric.training.trainer import first_bad
+from deepmetric.training.numerics import first_bad
 
 
 def _train_cmd(config, run_dir, *extra):
@@ -147,7 +147,7 @@ def test_on_a_gpu_the_checks_wait_for_log_and_checkpoint_steps(digits_config, tm
     def trainer(name, *overrides):
         cfg = load_config(digits_config, ["report.enabled=false", "train.log_every=5", *overrides])
         trainer = Trainer(cfg, tmp_path / name, quiet=True)
-        trainer.check_every_step = False  # as on a GPU
+        trainer.numerics.every_step = False  # as on a GPU
         return trainer
 
     with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 6;.*\(\S+last\.pt, step 4\)"):

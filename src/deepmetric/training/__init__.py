@@ -1,5 +1,7 @@
 """Training engine: the trainer, checkpoints, schedules and the evaluation runner."""
 
-from .trainer import NonFiniteLossError, RunExistsError, Trainer, TrainingInterrupted
+from .interrupts import TrainingInterrupted
+from .numerics import NonFiniteLossError
+from .trainer import RunExistsError, Trainer
 
 __all__ = ["NonFiniteLossError", "RunExistsError", "Trainer", "TrainingInterrupted"]

@@ -7,18 +7,16 @@ stopping through `Selection`. Run directory: ``config.yaml``, ``log.jsonl``, ``m
 step), initialisation on the seed; ``last.pt`` holds the method, optimizer, schedule, sampler position, every RNG
 state, the counters and how many records ``log.jsonl`` had, so a resumed run ends where an uninterrupted one would.
 
-SIGINT / SIGTERM finish the current step, write ``last.pt`` and stop with `TrainingInterrupted` (exit 130 / 143); a
-second one stops at once. Non-finite (or overflowing) losses, gradients and weights stop the run
-(`NonFiniteLossError`) before a checkpoint could hold them; ``train.skip_nonfinite_steps`` skips a bounded number.
+SIGINT / SIGTERM finish the current step, write ``last.pt`` and stop (`deepmetric.training.interrupts`);
+non-finite losses, gradients and weights stop the run before a checkpoint could hold them
+(`deepmetric.training.numerics`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import torch
 from .. import distributed
 from ..config import Config, load_config, to_yaml
 from ..data import collate_batch
-from ..errors import ConfigError, RunError
+from ..errors import ConfigError
 from ..integrity import IntegrityError, remove_file_with_hash, remove_stale_tmp
 from ..methods import MethodContext
 from ..precision import DTYPES
@@ -51,7 +49,9 @@ from .checkpoint import (
     write_json,
     write_text,
 )
+from .interrupts import Interrupts, TrainingInterrupted
 from .logging import RunLog
+from .numerics import NumericGuard
 from .optim import build_optimizer
 from .resume import resume_changes
 from .schedule import LRSchedule
@@ -63,43 +63,8 @@ RUN_OUTPUTS = ("config.yaml", "log.jsonl", "metrics.json", "report.html", "mlflo
                "tensorboard")  # fmt: skip
 
 
-class NonFiniteLossError(RunError):
-    """A loss, gradient or weight became NaN, Inf or too large to square; the last good checkpoint is kept."""
-
-
 class RunExistsError(ConfigError, FileExistsError):
     """The run directory already holds a run (neither resume nor overwrite was asked for)."""
-
-
-class TrainingInterrupted(RunError):
-    """SIGINT or SIGTERM stopped training; the exit status is the shell's convention, 128 + the signal number."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-def first_bad(named) -> tuple[str, float, torch.dtype] | None:
-    """The first of ``(name, tensor)`` holding a NaN, an Inf or a value whose square overflows its dtype (|x| >
-    √max, 1.8e19 in float32: norms, variances and Adam's second moment turn it into Inf; lr = 1e6 drives BatchNorm's
-    running variance there long before an Inf appears), as (name, its largest |value|, dtype); None when all are
-    sound. One host sync for all tensors."""
-    items = [(n, t.detach()) for n, t in named if t is not None and t.is_floating_point() and t.numel()]
-    if not items:
-        return None
-    peaks = [t.abs().amax() for _, t in items]  # NaN propagates through amax
-    ok = torch.stack([p <= math.sqrt(torch.finfo(t.dtype).max) for p, (_, t) in zip(peaks, items, strict=True)])
-    if bool(ok.all()):
-        return None
-    i = int((~ok).nonzero()[0])
-    return items[i][0], float(peaks[i]), items[i][1].dtype
-
-
-def describe_bad(name: str, peak: float, dtype: torch.dtype) -> str:
-    if not math.isfinite(peak):
-        return f"{name} holds {peak}"
-    limit = math.sqrt(torch.finfo(dtype).max)
-    return f"{name} reaches {peak:.3g}, beyond {limit:.2g} where its square overflows {str(dtype).split('.')[-1]}"
 
 
 class Trainer:
@@ -158,16 +123,9 @@ class Trainer:
         self.selection = Selection(cfg.train.select_metric, cfg.train.early_stopping_patience)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.last_checkpoint: tuple[Path, int] | None = None  # the newest intact last.pt (or last.prev.pt), its step
-        # numerics: checked every step on the CPU (free) or when skipping is allowed (the skip needs the answer
-        # before the update); on a GPU at log and checkpoint steps only, so that a training step never waits for
-        # the device: a NaN loss is remembered on the device (its first step), the weights are checked there
-        self.skip_limit = cfg.train.skip_nonfinite_steps
-        self.check_every_step = self.device.type == "cpu" or self.skip_limit > 0
-        self.skipped_steps: list[int] = []
-        self._bad_loss_step = torch.zeros((), dtype=torch.long, device=self.device)
-        self._weights_checked = 0  # the last step whose weights were found sound
-        self._signal: int | None = None
-        self._deferring = False  # in the training loop: a first signal waits for the step's end
+        self.numerics = NumericGuard(self.device, cfg.train.skip_nonfinite_steps, self.use_amp, self.run_dir,
+                                     lambda: self.last_checkpoint)  # fmt: skip
+        self.interrupts = Interrupts(self._announce_signal, self._stopped_at_once)
         self.baseline: dict | None = None
         self.history: list[dict] = []
         self.bad_images: list[str] = []
@@ -189,7 +147,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             **self.selection.state_dict(), "history": self.history, "bad_images": self.bad_images,
             "baseline": self.baseline, "rng": rng_state(), "log_records": self.log.records,
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self.numerics.skipped_steps,
         }  # fmt: skip
 
     def _resume_changes(self) -> list[tuple[str, object, object]]:
@@ -249,7 +207,7 @@ class Trainer:
         self.selection.load_state_dict(state)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.history, self.bad_images, self.baseline = state["history"], state["bad_images"], state.get("baseline")
-        self.skipped_steps = list(state.get("skipped_steps", []))
+        self.numerics.skipped_steps = list(state.get("skipped_steps", []))
         set_rng_state(state["rng"])
         self.log.truncate(state.get("log_records"), self.step)
         self.last_checkpoint = (path, self.step)
@@ -261,21 +219,13 @@ class Trainer:
         self.log.say(f"resumed from step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
     def _check_weights(self) -> None:
-        """Stop before a checkpoint (or another step) could hold a NaN, an Inf or an overflowing weight."""
-        # every parameter (the model's, a loss's proxies) and the model's buffers (BatchNorm statistics); not a
-        # method's own bookkeeping buffers, which may hold ±Inf on purpose (CCP's "no best value yet")
+        """Every parameter (the model's, a loss's proxies) and the model's buffers (BatchNorm statistics) are sound;
+        not a method's own bookkeeping buffers, which may hold ±Inf on purpose (CCP's "no best value yet")."""
         buffers = (("model." + name, b) for name, b in self.method.model.named_buffers())
-        bad = first_bad([*self.method.named_parameters(), *buffers])
-        if bad is not None:
-            where = ""
-            if not self.check_every_step:  # found at a log or checkpoint step: it went wrong since the last check
-                where = f" (checked at log/checkpoint steps on {self.device.type}: sound at {self._weights_checked})"
-            raise self._nonfinite(f"non-finite weight after step {self.step}: {describe_bad(*bad)}{where}",
-                                  skippable=False)  # fmt: skip
-        self._weights_checked = self.step
+        self.numerics.check_weights([*self.method.named_parameters(), *buffers], self.step, self.device.type)
 
     def save_last(self) -> None:
-        self._check_on_device()
+        self.numerics.check_on_device()
         self._check_weights()
         if self.main:
             self.log.sync()  # the records the checkpoint counts are on disk before it
@@ -283,7 +233,7 @@ class Trainer:
         self.last_checkpoint = (self.ckpt_dir / "last.pt", self.step)
 
     def _save_best(self, key: str | None, value: float | None) -> None:
-        self._check_on_device()
+        self.numerics.check_on_device()
         self._check_weights()
         if self.main:
             save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": key, "value": value,
@@ -348,19 +298,15 @@ class Trainer:
         inputs = {"views": views, "label": batch["label"].to(self.device), "index": batch["index"].to(self.device)}
         with torch.autocast(self.device.type, enabled=self.use_amp):
             parts = self.train_module(inputs)  # = method.training_step, through DDP under torchrun
-        loss = parts["loss"]
-        if not self.check_every_step:  # GPU: the first bad step, kept on the device; read at log / checkpoint steps
-            bad = ~torch.isfinite(loss.detach()) & (self._bad_loss_step == 0)
-            self._bad_loss_step = torch.where(bad, self.step + 1, self._bad_loss_step)
-        elif not self.skip_limit and not math.isfinite(float(loss.detach())):
-            raise self._nonfinite(f"non-finite loss at step {self.step + 1} ({self._described(parts)})")
+        guard = self.numerics
+        guard.watch_loss(parts, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.check_every_step:  # after backward: under torchrun every rank sees the same (all-reduced) gradients
-            problem = self._step_problem(parts)
+        self.scaler.scale(parts["loss"]).backward()
+        if guard.every_step:  # after backward: under torchrun every rank sees the same (all-reduced) gradients
+            problem = guard.step_problem(parts, self.method.named_parameters(), self.step + 1)
             if problem is not None:
-                if not self.skip_limit:
-                    raise self._nonfinite(problem)
+                if not guard.skip_limit:
+                    raise guard.error(problem)
                 self._skip(problem)
                 return parts
         clip_norm, clip_value = self.cfg.optim.grad_clip_norm, self.cfg.optim.grad_clip_value
@@ -374,59 +320,19 @@ class Trainer:
         self.scaler.update()
         return parts
 
-    @staticmethod
-    def _described(parts: dict) -> str:
-        return ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
-
-    def _step_problem(self, parts: dict) -> str | None:
-        """What is wrong with this step's loss or gradients (None: nothing). Under AMP the scaler skips steps with
-        Inf gradients itself (and lowers its scale), so only the loss counts."""
-        if not math.isfinite(float(parts["loss"].detach())):
-            return f"non-finite loss at step {self.step + 1} ({self._described(parts)})"
-        if not self.use_amp:
-            bad = first_bad((name, p.grad) for name, p in self.method.named_parameters())
-            if bad is not None:
-                return f"non-finite gradient at step {self.step + 1}: {describe_bad(*bad)}"
-        return None
-
     def _skip(self, problem: str) -> None:
-        """train.skip_nonfinite_steps: no update this step; stop once more steps than allowed were skipped."""
+        """train.skip_nonfinite_steps: no update this step (an error once more than allowed were skipped)."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_steps.append(self.step + 1)
-        if len(self.skipped_steps) > self.skip_limit:
-            raise self._nonfinite(
-                f"{problem}: more than train.skip_nonfinite_steps={self.skip_limit} non-finite steps (skipped: "
-                f"{self.skipped_steps[:-1]})", skippable=False,
-            )  # fmt: skip
+        self.numerics.skip(problem, self.step + 1)
+        limit = self.numerics.skip_limit
         self.log.write({"type": "skipped", "step": self.step + 1, "epoch": self.epoch, "reason": problem})
-        self.log.warn(f"{problem}: step skipped without an update ({len(self.skipped_steps)} of {self.skip_limit})")
-
-    def _nonfinite(self, what: str, skippable: bool = True) -> NonFiniteLossError:
-        if self.last_checkpoint is not None and self.last_checkpoint[0].is_file():
-            path, step = self.last_checkpoint
-            kept = f"the last good checkpoint ({path}, step {step}) is kept"
-        else:
-            kept = "no checkpoint had been written"
-        hint = "Lower optim.lr or set optim.grad_clip_norm" + (
-            f", or skip up to N such steps with train.skip_nonfinite_steps=N (also on --resume {self.run_dir})"
-            if skippable else "")  # fmt: skip
-        return NonFiniteLossError(f"{what}; the run stopped and {kept}. {hint}.")
-
-    def _check_on_device(self) -> None:
-        """GPU, at log and checkpoint steps: the first step whose loss was not finite, remembered on the device."""
-        if self.check_every_step:
-            return
-        bad_step = int(self._bad_loss_step)
-        if bad_step:
-            raise self._nonfinite(f"non-finite loss at step {bad_step}")
+        self.log.warn(f"{problem}: step skipped without an update ({len(self.numerics.skipped_steps)} of {limit})")
 
     def _log_step(self, parts: dict, rate: float) -> None:
-        self._check_on_device()  # (GPU) the first bad step, before this step's values
+        self.numerics.check_on_device()  # (GPU) the first bad step, before this step's values
         values = {k: float(v.detach()) for k, v in parts.items()}
-        skipped = bool(self.skipped_steps) and self.skipped_steps[-1] == self.step
-        if not skipped and not all(math.isfinite(v) for v in values.values()):
-            raise self._nonfinite(f"non-finite loss at step {self.step} ({self._described(parts)})")
-        if not self.check_every_step:
+        self.numerics.check_logged(values, parts, self.step)
+        if not self.numerics.every_step:
             self._check_weights()
         self.log.write({"type": "train", "step": self.step, "epoch": self.epoch, **values,
                         "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": rate})  # fmt: skip
@@ -436,16 +342,15 @@ class Trainer:
             progress.line(f"step {self.step}/{self.total_steps} loss {values['loss']:.4f} ({rate:.1f} steps/s)")
 
     # --------------------------------------------------------------------------------------------- signals
-    def _on_signal(self, signum: int, frame) -> None:
-        """The first signal in the loop: finish the step, then `_stop_if_signalled`. A second one, or one outside the
-        loop (baseline aside): stop at once."""
-        name = signal.Signals(signum).name
-        if self._signal is None and self._deferring:
-            self._signal = signum
-            if self.main:  # os.write: a handler must not re-enter a buffered print
-                os.write(2, f"deepmetric: {name}: finishing step {self.step + 1}, then writing a checkpoint (send it "
-                            "again to stop at once)\n".encode())  # fmt: skip
-            return
+    def _announce_signal(self, name: str) -> str | None:
+        if self.main:
+            return (
+                f"deepmetric: {name}: finishing step {self.step + 1}, then writing a checkpoint (send it again to "
+                "stop at once)"
+            )
+        return None
+
+    def _stopped_at_once(self, name: str) -> str:
         saved = self.last_checkpoint
         if saved and saved[1] == self.step:
             state = f"with the checkpoint of step {self.step} ({saved[0]})"
@@ -453,26 +358,20 @@ class Trainer:
             state = f"without a checkpoint of step {self.step} (the last is of step {saved[1]}: {saved[0]})"
         else:
             state = "before the first checkpoint"
-        raise TrainingInterrupted(f"{name}: stopped at once, {state}; continue with: deepmetric train --resume "
-                                  f"{self.run_dir}", signum)  # fmt: skip
-
-    def _catch_signals(self) -> dict:
-        """SIGINT / SIGTERM handlers for the session (main thread only); the previous ones, to restore."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return f"{name}: stopped at once, {state}; continue with: deepmetric train --resume {self.run_dir}"
 
     def _stop_if_signalled(self) -> None:
         """At a step's end: after a signal, write the checkpoint and stop. Under torchrun the ranks agree at log steps
         (rank 0's signal counts; the host waits there anyway), so all stop after the same step."""
-        signum = self._signal
+        interrupts = self.interrupts
+        signum = interrupts.pending
         if self.world_size > 1:
             if self.step % self.cfg.train.log_every:
                 return
-            signum = self._signal = distributed.broadcast_object(self._signal if self.main else None)
+            signum = interrupts.pending = distributed.broadcast_object(interrupts.pending if self.main else None)
         if signum is None:
             return
-        self._deferring = False  # a second signal while saving stops at once
+        interrupts.deferring = False  # a second signal while saving stops at once
         if self.last_checkpoint is None or self.last_checkpoint[1] != self.step:
             self.save_last()
         path = self.last_checkpoint[0]
@@ -488,23 +387,21 @@ class Trainer:
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_text(self.run_dir / "config.yaml", to_yaml(cfg))
-        previous = self._catch_signals()
-        self._deferring = True
         try:
-            self.log.start_tracking(cfg, resumed=self.step > 0)
-            if self.step == 0 and cfg.train.baseline and self.baseline is None:
-                self.baseline = score_baseline(self)
-            self.log.open(self.total_steps, self.step)
-            try:
-                self._stop_if_signalled()
-                self._loop()
-            finally:
-                self.log.close_progress()
-            self._deferring = False  # training is done and saved: a signal now stops at once
-            return self.finish()
+            with self.interrupts.installed():
+                self.interrupts.deferring = True
+                self.log.start_tracking(cfg, resumed=self.step > 0)
+                if self.step == 0 and cfg.train.baseline and self.baseline is None:
+                    self.baseline = score_baseline(self)
+                self.log.open(self.total_steps, self.step)
+                try:
+                    self._stop_if_signalled()
+                    self._loop()
+                finally:
+                    self.log.close_progress()
+                self.interrupts.deferring = False  # training is done and saved: a signal now stops at once
+                return self.finish()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
             self.log.close()
 
     def _loop(self) -> None:
@@ -523,7 +420,7 @@ class Trainer:
                 parts = self._train_step(batch)
                 self.step += 1
                 self.batch_in_epoch += 1
-                if self.check_every_step:
+                if self.numerics.every_step:
                     self._check_weights()
                 self.method.on_step_end(self.step)
                 if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
@@ -565,8 +462,8 @@ class Trainer:
             metrics["baseline"] = self.baseline
         if self.cfg.train.select_split == "test":
             metrics["warning"] = "model selected on the test split (train.select_split=test): test metrics are biased"
-        if self.skipped_steps:
-            metrics["skipped_steps"] = self.skipped_steps
+        if self.numerics.skipped_steps:
+            metrics["skipped_steps"] = self.numerics.skipped_steps
         if self.bad_images:
             metrics["skipped_images"] = {"count": len(self.bad_images), "paths": sorted(set(self.bad_images))}
         if self.main:
