@@ -30,12 +30,16 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {std:.3f}"
 
 
+# settings that change where a run computes, not what: a run made on a GPU is reused (or resumed) on a CPU
+NEUTRAL = ("train.device", "data.workers", "eval.memory_budget")
+
+
 def config_differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
     """``key: stored → wanted`` for every setting of ``stored`` that ``wanted`` gives another value (keys only one of
-    them has are skipped: a setting added to the schema after a run was made)."""
+    them has are skipped: a setting added to the schema after a run was made; so are the `NEUTRAL` ones)."""
     out = []
     for key, value in stored.items():
-        if key not in wanted:
+        if key not in wanted or f"{prefix}{key}" in NEUTRAL:
             continue
         if isinstance(value, dict) and isinstance(wanted[key], dict) and value and wanted[key]:
             out += config_differences(value, wanted[key], f"{prefix}{key}.")
@@ -57,6 +61,7 @@ def train_once(preset, overrides: dict, run_dir) -> dict:
 
     import deepmetric
     from deepmetric.config import load_config, parse_overrides, to_yaml
+    from deepmetric.training.resume import resume_safe
 
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():
@@ -67,20 +72,29 @@ def train_once(preset, overrides: dict, run_dir) -> dict:
                              "folder, or delete the run to retrain it")  # fmt: skip
     if (run_dir / "metrics.json").is_file():
         return json.loads((run_dir / "metrics.json").read_text())
-    resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
-    if resume is None and run_dir.is_dir():  # killed before its first checkpoint: nothing to continue
+    if (run_dir / "checkpoints" / "last.pt").is_file():  # continued with its own config.yaml (checked above)
+        safe = {k: v for k, v in overrides.items() if resume_safe(k.replace("__", "."))}
+        return deepmetric.train(None, output=run_dir, resume=run_dir, quiet=True, **safe)[1]
+    if run_dir.is_dir():  # killed before its first checkpoint: nothing to continue
         shutil.rmtree(run_dir)
-    return deepmetric.train(None if resume else preset, output=run_dir, resume=resume, quiet=True, **overrides)[1]
+    return deepmetric.train(preset, output=run_dir, quiet=True, **overrides)[1]
 
 
 def add_study_arguments(ap, runs: str) -> None:
-    """The options every multi-seed study shares: seeds, glyph build, run folder, config overrides, output file."""
+    """The options every multi-seed study shares: seeds, glyph build, run folder, config overrides, output file,
+    regime (benchmarks/_regime.py) and runs at once."""
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--glyphs", default="~/.cache/deepmetric/glyphs", help="root of a glyph benchmark build")
     ap.add_argument("--glyph-fonts", type=int, default=160, help="glyphs: images of this many fonts (0: all 686)")
     ap.add_argument("--runs", default=runs, help="run folder (finished runs are reused: use a new one per --set)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     ap.add_argument("--write", help="append the result to this markdown file")
+    ap.add_argument("--regime", choices=("preset", "pretrained"), default="preset",
+                    help="preset: the presets' own network and budget (the recorded tables); pretrained: every run "
+                    "from the ImageNet-pretrained EfficientNet-Lite0 of configs/demo.yaml, checkpoint chosen on "
+                    "held-out training classes (benchmarks/_regime.py)")  # fmt: skip
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of each process when --jobs > 1")
 
 
 def overrides_from(items: list[str]) -> dict:
