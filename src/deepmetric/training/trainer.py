@@ -126,6 +126,7 @@ class Trainer:
         self.numerics = NumericGuard(self.device, cfg.train.skip_nonfinite_steps, self.use_amp, self.run_dir,
                                      lambda: self.last_checkpoint)  # fmt: skip
         self.interrupts = Interrupts(self._announce_signal, self._stopped_at_once)
+        self._under_way: int | None = None  # the step a deferred signal waits for (None: before the loop)
         self.baseline: dict | None = None
         self.history: list[dict] = []
         self.bad_images: list[str] = []
@@ -344,10 +345,8 @@ class Trainer:
     # --------------------------------------------------------------------------------------------- signals
     def _announce_signal(self, name: str) -> str | None:
         if self.main:
-            return (
-                f"deepmetric: {name}: finishing step {self.step + 1}, then writing a checkpoint (send it again to "
-                "stop at once)"
-            )
+            what = f"step {self._under_way}" if self._under_way else "the baseline evaluation"
+            return f"deepmetric: {name}: finishing {what}, then writing a checkpoint (send it again to stop at once)"
         return None
 
     def _stopped_at_once(self, name: str) -> str:
@@ -408,6 +407,7 @@ class Trainer:
         cfg = self.cfg
         self.context.step = self.step
         self.method.on_train_start(self.context)
+        self._under_way = self.step + 1
         stop = False
         t_last, step_last = time.perf_counter(), self.step
         while self.step < self.total_steps and not stop:
@@ -439,6 +439,7 @@ class Trainer:
                 if eval_due or end_of_epoch or self.step == self.total_steps or checkpoint_due:
                     self.save_last()
                 self._stop_if_signalled()
+                self._under_way = self.step + 1  # until now, a signal still waited for this step's checkpoint
                 if stop or self.step >= self.total_steps or end_of_epoch:
                     break
 
