@@ -65,6 +65,20 @@ class MinerConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """A cross-batch memory (XBM, Wang et al., CVPR 2020) for a pair loss: a FIFO queue of the last ``size`` embeddings
+    (and labels) of past global batches, used as extra references. From step ``warmup_steps`` + 1 on, the loss is
+    ``batch_weight`` × ℓ(batch, batch) + ``weight`` × ℓ(batch, queue with the current batch); before, ℓ(batch, batch).
+    Top-level ``memory`` serves the standard method (EPS included) and CCP's in-batch term; DiVA takes one per task
+    (``method.options.<task>.memory``). docs/combining.md."""
+
+    size: int = 0  # references kept (0: no memory); at least one global batch
+    warmup_steps: int = 0  # steps trained on the batch alone before the queue starts filling (XBM: 1,000)
+    weight: float = 1.0  # of the loss against the memory
+    batch_weight: float = 1.0  # of the in-batch loss beside it (XBM: 1; PML's CrossBatchMemory alone: 0)
+
+
+@dataclass
 class MethodConfig:
     name: str = "standard"
     options: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +163,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     miner: MinerConfig = field(default_factory=MinerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -259,10 +274,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         from .models.backbones import backbone_normalization
 
         obj.augment.normalization = backbone_normalization(obj.model.backbone)
-    from .methods import method_options
+    from .methods import check_method_config
 
     try:
-        method_options(obj)  # unknown method, unknown option or a wrong type: before any data is read
+        check_method_config(obj)  # unknown method, option or type, a combination that makes no sense: before any data
     except ValueError as e:
         raise ConfigError(f"{path or 'config'}: {e}") from None
     return obj
@@ -320,6 +335,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.checkpoint_every={cfg.train.checkpoint_every} must be ≥ 1 (or null)")
     if cfg.train.epochs < 1 and not cfg.train.max_steps:
         raise ConfigError("train.epochs must be ≥ 1 (or set train.max_steps)")
+    check_memory(cfg.memory, "memory", cfg.data.classes_per_batch * cfg.data.samples_per_class)
+
+
+def check_memory(memory: MemoryConfig, key: str, batch: int) -> None:
+    """The values of a cross-batch memory at config key ``key``, for global batches of ``batch`` rows."""
+    small = {f"{key}.{k}": getattr(memory, k) for k in ("size", "warmup_steps", "weight", "batch_weight")
+             if getattr(memory, k) < 0}  # fmt: skip
+    if small:
+        raise ConfigError(f"{small}: a memory's size, warm-up and weights must be ≥ 0")
+    if not memory.size:
+        return
+    if memory.size < batch:
+        raise ConfigError(
+            f"{key}.size={memory.size} is smaller than the global batch (data.classes_per_batch × "
+            f"data.samples_per_class = {batch}): the queue holds the current batch too; use {key}.size ≥ {batch}, or 0 "
+            "for no memory"
+        )
+    if memory.weight == 0:
+        raise ConfigError(f"{key}.weight=0 switches the memory's loss off; set {key}.size=0 instead")
 
 
 def get(cfg, dotted: str):

@@ -1,4 +1,5 @@
-"""torchrun with 2 gloo processes trains the same model as 1 process on the same global batch (1 × 64 vs 2 × 32)."""
+"""torchrun with 2 gloo processes trains the same model as 1 process on the same global batch (1 × 64 vs 2 × 32); with
+a cross-batch memory, each rank's queue holds the gathered global batches, so the queues are equal too."""
 
 import json
 import os
@@ -30,6 +31,9 @@ METHODS = {
     "diva": "method: {name: diva, options: {queue_size: 128, rho: 50.0}}\nloss: {name: triplet_margin, params: {}}\n",
     "ccp": "method: {name: ccp, options: {proxies_per_class: 2, pool_size: 5, stage_patience: 1, lam: 0.01}}\n"
     "loss: {name: margin_contrastive, params: {pos_margin: 0.0, neg_margin: 0.5}}\n",
+    # XBM with EPS: on from step 5, the queue of 160 wraps at step 7 (batches of 64)
+    "xbm_eps": "loss: {name: contrastive, params: {pos_margin: 0.0, neg_margin: 0.5}}\n"
+    "miner: {name: easy_positive, params: {negatives: all}}\nmemory: {size: 160, warmup_steps: 4}\n",
 }
 # CCP needs validations for its stages: every 4 steps, with stage_patience 1, so stages change under DDP
 EXTRA = {"ccp": ["protocol.val_by=images", "train.eval_every_steps=4"]}

@@ -1,6 +1,7 @@
 """Every preset in configs/ loads, builds its method (no data needed) and takes one training step, in milliseconds:
 the backbone is swapped for a tiny CNN (the presets' ResNet-50 / EfficientNet trunks are tested elsewhere), the
-method, its options, loss, miner, heads and optimizer groups are the preset's own."""
+method, its options, loss, miner, memory, heads and optimizer groups are the preset's own (a memory without its
+warm-up, so that the step uses it)."""
 
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from deepmetric.training.optim import build_optimizer
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PRESETS = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("_"))
 TINY = ["model.backbone=small_cnn", "model.width=4", "model.pretrained=false", "model.trainable_blocks=null",
-        "model.pooling=avg", "model.channels_last=false"]  # fmt: skip
+        "model.pooling=avg", "model.channels_last=false", "memory.warmup_steps=0"]  # fmt: skip
 
 
 def test_there_are_presets():
@@ -38,4 +39,5 @@ def test_preset_builds_and_steps(preset):
     optimizer.step()
     method.on_step_end(1)
     assert torch.isfinite(parts["loss"]), parts
+    assert ("memory_loss" in parts) == bool(cfg.memory.size), parts
     assert time.perf_counter() - t0 < 5.0  # milliseconds on any machine; seconds only under heavy load

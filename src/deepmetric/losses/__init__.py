@@ -1,6 +1,7 @@
 """deepmetric's own losses. Those on `MetricLoss` follow PML's call contract,
 ``loss(embeddings, labels, indices_tuple=None, ref_emb=None, ref_labels=None)``, and register by name in
 `deepmetric.registry.LOSSES` at their definitions; DaNCE and the decorrelation are DiVA's parts with their own calls.
+`memory`: the cross-batch memory (XBM) for any pair loss and miner, and `pair_loss`, a loss with its miner and memory.
 """
 
 from .base import MetricLoss, check_inputs
@@ -9,6 +10,7 @@ from .decorrelation import AdversarialDecorrelation, coactivation
 from .geometry import log_inverse_sphere_density
 from .gradient_reversal import GradientReversal, reverse_gradient
 from .margin import DivaMarginLoss
+from .memory import CrossBatchMemory, mined_loss, pair_loss, takes_reference_set
 from .reference_pairs import (
     AllTripletsMarginLoss,
     CosineContrastiveLoss,
@@ -20,6 +22,7 @@ __all__ = [
     "AdversarialDecorrelation",
     "AllTripletsMarginLoss",
     "CosineContrastiveLoss",
+    "CrossBatchMemory",
     "DaNCELoss",
     "DivaMarginLoss",
     "GradientReversal",
@@ -30,5 +33,8 @@ __all__ = [
     "coactivation",
     "dance_weights",
     "log_inverse_sphere_density",
+    "mined_loss",
+    "pair_loss",
     "reverse_gradient",
+    "takes_reference_set",
 ]

@@ -25,7 +25,7 @@ NORMALIZATIONS = ("reference", "active_terms", "triplets")
 @LOSSES.register("diva_margin")
 class DivaMarginLoss(MetricLoss):
     """Triplets ``(a, p, n)`` from a miner: ``loss(embeddings, labels, indices_tuple)``; with a reference set, p and n
-    index it."""
+    index it. A miner's pairs ``(a1, p, a2, n)`` (EPS) become every (positive, negative) of an anchor."""
 
     indices = "triplets"
 
@@ -39,8 +39,8 @@ class DivaMarginLoss(MetricLoss):
         self.margin, self.normalization = margin, normalization
         self.beta = nn.Parameter(torch.full((num_classes,), float(beta)), requires_grad=learn_beta)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, own_ref):
-        a, p, n = indices_tuple
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, own_ref, *, self_index=None):
+        a, p, n = indices_tuple  # the miner's choice (a sample's own copy in a memory is its miner's to exclude)
         if a.numel() == 0:
             return self.zero_loss(embeddings)
         x = F.normalize(embeddings, dim=1)

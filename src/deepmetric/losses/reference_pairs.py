@@ -3,9 +3,10 @@ its official code), written for an arbitrary reference set.
 
 Each loss takes anchors (B × D) and, optionally, a reference set (R × D) with its labels, PML-style:
 ``loss(embeddings, labels, ref_emb=proxies, ref_labels=proxy_labels)``. Without a reference set the batch is its own
-reference and each anchor's own pair is dropped. Positives are references of the anchor's label, negatives the
-rest. Inputs are used as given (CCP normalises them first with v / max(1, ‖v‖)); distances are Euclidean,
-similarities dot products.
+reference and each anchor's own pair is dropped (with a memory's ``self_index``, its own copy). Positives are
+references of the anchor's label, negatives the rest; or, given a miner's pairs ``(a1, p, a2, n)`` (e.g. EPS) or
+triplets, exactly the mined pairs (a pair mined twice counts once). Inputs are used as given (CCP normalises them
+first with v / max(1, ‖v‖)); distances are Euclidean, similarities dot products.
 
 - `CosineContrastiveLoss` (C1; Hadsell et al. 2006, in XBM's cosine form): (1/B)[Σ_pos (1 − ε − s)_+ + Σ_neg (s − m)_+].
 - `MarginContrastiveLoss` (C2; Wu et al. 2017, contrastive with a positive margin): mean over non-zero positive
@@ -25,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import LOSSES
-from .base import MetricLoss
+from .base import MetricLoss, drop_self, pair_masks
 
 
 def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -41,13 +42,19 @@ def _mean_nonzero(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class _ReferencePairLoss(MetricLoss):
-    """Every (anchor, reference) pair: positives share the anchor's label, negatives do not; no miner."""
+    """Every (anchor, reference) pair: positives share the anchor's label, negatives do not; or a miner's pairs."""
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, own_ref):
-        same = labels.view(-1, 1) == ref_labels.view(1, -1)
-        positive, negative = same.clone(), ~same
+    indices = "pairs"
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, own_ref, *, self_index=None):
+        if indices_tuple is not None:
+            positive, negative = pair_masks(indices_tuple, len(embeddings), len(ref_emb), embeddings.device)
+        else:
+            same = labels.view(-1, 1) == ref_labels.view(1, -1)
+            positive, negative = same.clone(), ~same
         if own_ref:
             positive.fill_diagonal_(False)
+        drop_self(positive, self_index)
         return self.compute(embeddings, ref_emb, positive, negative)
 
 

@@ -3,7 +3,7 @@
 from ..registry import METHODS
 from . import ccp, diva, standard  # noqa: F401  (each registers itself)
 from .base import Method, MethodContext, NoOptions, check_param_groups
-from .registry import method_class, method_from_config, method_heads, method_options
+from .registry import check_method_config, method_class, method_from_config, method_heads, method_options
 from .standard import StandardMethod
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "MethodContext",
     "NoOptions",
     "StandardMethod",
+    "check_method_config",
     "check_param_groups",
     "method_class",
     "method_from_config",

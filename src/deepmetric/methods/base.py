@@ -3,7 +3,8 @@
 A method owns the model and its losses. It **declares** (class attributes and classmethods, read before any data
 is loaded): ``Options``, the dataclass of its typed ``method.options`` (validated when the config loads); ``heads``,
 the embedding heads it trains; ``num_views``, the augmented views per training image; ``normalize_embeddings``,
-whether evaluation L2-normalises its test-time embeddings before ranking; ``from_config``, how it is built.
+whether evaluation L2-normalises its test-time embeddings before ranking; ``from_config``, how it is built;
+``check_config``, the combinations of the whole config it accepts (a memory, a miner), checked at load time.
 
 The trainer **calls** ``training_step`` with a batch whose ``views`` are the augmented images and whose ``label``
 are contiguous training labels 0..C−1, optimises the groups of ``param_groups``, and calls the hooks:
@@ -69,6 +70,14 @@ class Method(nn.Module):
     def heads(cls, options: Any, embedding_dim: int) -> dict[str, int]:
         """The embedding heads the method trains, ``{name: dim}``: one ``embedding`` head by default."""
         return {"embedding": embedding_dim}
+
+    @classmethod
+    def check_config(cls, cfg, options: Any) -> None:
+        """At config load, before any data: a `ValueError` naming the key and what to do for a combination of the
+        config's sections that this method cannot use. By default a method takes no cross-batch memory."""
+        if cfg.memory.size:
+            raise ValueError(f"memory.size={cfg.memory.size}: method {cfg.method.name!r} has no pair loss to give a "
+                             "cross-batch memory; set memory.size=0")  # fmt: skip
 
     @classmethod
     def from_config(cls, cfg, options: Any, model: Embedder, num_classes: int) -> Method:

@@ -20,6 +20,10 @@ Quirks of the official code are switches: ``restore_best_on_projection`` (False,
 on from the current weights), ``reset_proxy_optimizer_state`` (False, as the code), ``proxy_weight_decay`` (True, as
 the code), ``proxy_lr_mult`` (1, as the code), ``lagged_stage_metric`` (False: the code's one-evaluation lag is a bug
 and off by default). The stage state, θ̄, θ_best and the best proxies are buffers, so resuming mid-stage is exact.
+
+Composition (docs/combining.md): a ``miner`` (e.g. EPS's ``easy_positive``) chooses the pairs of both terms — in the
+batch, and against the proxies (EPS: each sample's nearest proxy of its class is its one positive); a ``memory``
+(XBM) extends the in-batch term's references with a queue of past (normalised) batches.
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..distributed import gather, gather_for_loss
+from ..losses import CrossBatchMemory, mined_loss, pair_loss
+from ..losses.memory import takes_reference_set
 from ..models import Embedder
 from ..precision import full_precision
-from ..registry import METHODS, build_loss
+from ..registry import METHODS, build_loss, resolve
 from .base import Method, MethodContext
 from .ccp_components import ProximalTerm, ProxyBank, kcenter_per_class, lipschitz_normalize
+from .pairs import build_memory, build_pair_miner, check_pair_config, no_miner
 
 NORMALIZATIONS = {"lipschitz": lipschitz_normalize, "l2": lambda v: F.normalize(v, dim=-1)}
 
@@ -113,6 +120,8 @@ class CCPMethod(Method):
         proxy_lr_mult: float = 1.0,
         lagged_stage_metric: bool = False,
         seed: int = 0,
+        miner: nn.Module | None = None,
+        memory: CrossBatchMemory | None = None,
     ):
         super().__init__(model)
         if len(model.heads) != 1:
@@ -124,6 +133,7 @@ class CCPMethod(Method):
         self.head = next(iter(model.heads))
         model.normalize = {self.head: False}  # the method normalises (Lipschitz or L2), in training and at test time
         self.loss, self.num_classes = loss, num_classes
+        self.miner, self.memory = miner, memory
         self.per_class, self.pool_size, self.seed = proxies_per_class, pool_size, seed
         self.batch_weight, self.proxy_weight = batch_weight, proxy_weight
         self.stage_patience, self.min_improvement, self.stage_metric = stage_patience, min_improvement, stage_metric
@@ -144,12 +154,27 @@ class CCPMethod(Method):
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
     @classmethod
+    def check_config(cls, cfg, options: CCPOptions) -> None:
+        """The loss is used in proxy form, so it must take a reference set; a miner and a memory as for any pair
+        loss."""
+        loss = resolve("loss", cfg.loss.name)
+        if not takes_reference_set(loss):
+            raise ValueError(f"loss.name={cfg.loss.name!r} ({loss.__name__}): method 'ccp' uses its loss in proxy form "
+                             "(samples against every proxy as references), which needs a pair-based loss: ccp_c1, "
+                             "ccp_c2, ccp_ms, ccp_triplet or a PML pair loss")  # fmt: skip
+        check_pair_config(cfg)
+
+    @classmethod
     def from_config(cls, cfg, options: CCPOptions, model: Embedder, num_classes: int) -> CCPMethod:
-        if cfg.miner.name not in (None, "", "none"):
-            raise ValueError(f"method 'ccp' uses every (sample, proxy) pair; remove miner.name={cfg.miner.name!r}")
-        loss = build_loss(cfg.loss.name, cfg.loss.params, num_classes=num_classes,
-                          embedding_size=model.dims["embedding"])  # fmt: skip
-        return cls(model, num_classes, loss, seed=cfg.train.seed, **asdict(options))
+        dim = model.dims["embedding"]
+        loss = build_loss(cfg.loss.name, cfg.loss.params, num_classes=num_classes, embedding_size=dim)
+        miner = (  # without miner.name its params are ignored, as before CCP took a miner
+            None
+            if no_miner(cfg.miner.name)
+            else build_pair_miner(cfg.miner.name, cfg.miner.params, cfg.data.samples_per_class)
+        )
+        return cls(model, num_classes, loss, seed=cfg.train.seed, miner=miner, memory=build_memory(cfg.memory, dim),
+                   **asdict(options))  # fmt: skip
 
     # ------------------------------------------------------------------------------------------ training
     def normalize(self, v: torch.Tensor) -> torch.Tensor:
@@ -161,12 +186,18 @@ class CCPMethod(Method):
         with torch.autocast(raw.device.type, enabled=False):
             v = self.normalize(raw)
             proxies, proxy_labels = self.bank.flat()
-            batch_loss = self.loss(v, labels)
-            proxy_loss = self.loss(v, labels, ref_emb=self.normalize(proxies), ref_labels=proxy_labels)
+            batch_loss, memory_parts = pair_loss(self.loss, self.miner, v, labels, self.memory)
+            proxy_loss = mined_loss(self.loss, self.miner, v, labels, self.normalize(proxies), proxy_labels)
             proximal = self.proximal()
             loss = self.batch_weight * batch_loss + self.proxy_weight * proxy_loss + proximal
-        return {"loss": loss, "batch_loss": batch_loss.detach(), "proxy_loss": proxy_loss.detach(),
-                "proximal": proximal.detach()}  # fmt: skip
+        parts = {"batch_loss": batch_loss.detach(), "proxy_loss": proxy_loss.detach(), "proximal": proximal.detach()}
+        if "memory" in memory_parts:
+            parts["memory_loss"] = memory_parts["memory"]
+        return {"loss": loss, **parts}
+
+    def on_step_end(self, step: int) -> None:
+        if self.memory is not None:
+            self.memory.step_end(step)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.model(images)[self.head])

@@ -14,27 +14,50 @@ the whole model (parameters only, momentum 0.9, kept in eval mode) and the queue
 
 Test time: ``normalize(concat(w_h · f_h))`` over the L2-normalised heads (the weighted sum of per-head squared
 distances), with ``test_weights`` (default all 1).
+
+Composition (docs/combining.md), per margin task in ``method.options.<task>``: ``discriminative.miner`` replaces the
+distance-weighted miner (e.g. EPS's ``easy_positive``, whose pairs become triplets), and ``<task>.memory`` gives the
+task a cross-batch memory (XBM) of its own head's past embeddings, in the state dict like the DaNCE queue.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ..config import MemoryConfig, check_memory
 from ..distributed import gather, gather_for_loss
-from ..losses import AdversarialDecorrelation, DaNCELoss, DivaMarginLoss
+from ..losses import AdversarialDecorrelation, DaNCELoss, DivaMarginLoss, pair_loss
 from ..miners import DistanceWeightedTripletMiner, IntraClassTripletMiner, SharedTripletMiner
 from ..models import Embedder
 from ..precision import full_precision
-from ..registry import METHODS
+from ..registry import METHODS, resolve
 from .base import Method
+from .pairs import build_memory, build_pair_miner, no_miner
 
 HEADS = ("discriminative", "selfsimilarity", "shared", "intra")
+TASKS = ("discriminative", "shared", "intra")  # the margin tasks (the self-similarity task is DaNCE's)
 DEFAULT_PAIRS = (("selfsimilarity", "discriminative"), ("shared", "discriminative"), ("intra", "discriminative"))
+
+
+@dataclass
+class TaskOptions:
+    """``method.options.<task>`` of a margin task: its miner (the discriminative task's only: the class-shared and
+    intra-class miners define their tasks) and its cross-batch memory."""
+
+    miner: str | None = None  # None: DiVA's own (distance-weighted); e.g. easy_positive (EPS)
+    miner_params: dict[str, Any] = field(default_factory=dict)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+
+    def __post_init__(self):
+        if self.miner_params and no_miner(self.miner):
+            raise ValueError(f"miner_params {dict(self.miner_params)} given without a miner")
+        if not no_miner(self.miner):
+            resolve("miner", self.miner)  # an unknown name: the closest valid ones
 
 
 @dataclass
@@ -57,6 +80,9 @@ class DivaOptions:
     regressor_lr_mult: float = 1.0
     decorrelation_hidden: int = 512
     test_weights: dict[str, float] = field(default_factory=dict)  # per-head weights of the test-time embedding
+    discriminative: TaskOptions = field(default_factory=TaskOptions)  # its miner, its memory
+    shared: TaskOptions = field(default_factory=TaskOptions)  # its memory
+    intra: TaskOptions = field(default_factory=TaskOptions)  # its memory
 
     def __post_init__(self):
         from ..losses.dance import WEIGHTINGS
@@ -71,6 +97,13 @@ class DivaOptions:
                 raise ValueError(f"decorrelation entries are [source head, target head, rho], got {list(pair)}")
         if self.queue_size < 1:
             raise ValueError(f"queue_size={self.queue_size} must be ≥ 1")
+        for task in ("shared", "intra"):
+            if not no_miner(getattr(self, task).miner):
+                raise ValueError(
+                    f"{task}.miner={getattr(self, task).miner!r}: the {task} task's miner is what defines the task "
+                    "(class-shared: permuted labels; intra-class: triplets inside one class); only the "
+                    "discriminative task's miner can be replaced (method.options.discriminative.miner)"
+                )
 
 
 @METHODS.register("diva")
@@ -99,6 +132,10 @@ class DivaMethod(Method):
         regressor_lr_mult: float = 1.0,
         decorrelation_hidden: int = 512,
         test_weights: dict[str, float] | None = None,
+        discriminative: TaskOptions | None = None,
+        shared: TaskOptions | None = None,
+        intra: TaskOptions | None = None,
+        samples_per_class: int | None = None,
     ):
         super().__init__(model)
         missing = [h for h in HEADS if h not in model.heads]
@@ -109,8 +146,25 @@ class DivaMethod(Method):
         self.margins = torch.nn.ModuleDict(
             {h: DivaMarginLoss(num_classes, margin=margin, beta=beta) for h in ("discriminative", "shared", "intra")}
         )
-        self.miners = {"discriminative": DistanceWeightedTripletMiner(), "shared": SharedTripletMiner(sharing),
+        tasks = {"discriminative": discriminative, "shared": shared, "intra": intra}
+        tasks = {t: o if o is not None else TaskOptions() for t, o in tasks.items()}
+        replaced = [t for t in ("shared", "intra") if not no_miner(tasks[t].miner)]
+        if replaced:
+            raise ValueError(f"only the discriminative task's miner can be replaced, not that of {replaced}")
+        chosen = tasks["discriminative"]
+        discriminative_miner = (
+            DistanceWeightedTripletMiner()
+            if no_miner(chosen.miner)
+            else build_pair_miner(
+                chosen.miner, chosen.miner_params, samples_per_class, "method.options.discriminative.miner"
+            )
+        )
+        self.miners = {"discriminative": discriminative_miner, "shared": SharedTripletMiner(sharing),
                        "intra": IntraClassTripletMiner()}  # fmt: skip
+        # a cross-batch memory per task that asks for one (none: no state-dict keys, as before)
+        self.memories = torch.nn.ModuleDict(
+            {t: m for t, o in tasks.items() if (m := build_memory(o.memory, model.dims[t])) is not None}
+        )
         pairs = decorrelation if decorrelation is not None else [(s, t, rho) for s, t in DEFAULT_PAIRS]
         self.decorrelation = AdversarialDecorrelation(pairs, dim=dim, hidden=decorrelation_hidden)
         self.dance = DaNCELoss(temperature=temperature, weighting=weighting)
@@ -142,9 +196,11 @@ class DivaMethod(Method):
         with torch.no_grad():
             self._keys = gather(full_precision(self.key_model(view_b)["selfsimilarity"]))
         parts = {}
-        for head in ("discriminative", "shared", "intra"):
-            triplets = self.miners[head](out[head], labels)
-            parts[head] = self.margins[head](out[head], labels, triplets)
+        for head in TASKS:
+            memory = self.memories[head] if head in self.memories else None  # noqa: SIM401 (ModuleDict has no get)
+            parts[head], extra = pair_loss(self.margins[head], self.miners[head], out[head], labels, memory)
+            if "memory" in extra:
+                parts[f"{head}_memory"] = extra["memory"]
         filled = self._filled
         parts["dance"] = (
             self.dance(out["selfsimilarity"], self._keys, self.queue[-filled:])
@@ -163,7 +219,9 @@ class DivaMethod(Method):
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:
-        """EMA of the key encoder's parameters (not buffers) and the FIFO queue update."""
+        """EMA of the key encoder's parameters (not buffers), the FIFO queue update, the tasks' memories."""
+        for memory in self.memories.values():
+            memory.step_end(step)
         for k, q in zip(self.key_model.parameters(), self.model.parameters(), strict=True):
             k.mul_(self.momentum).add_(q.detach(), alpha=1 - self.momentum)
         if self._keys is not None:
@@ -191,11 +249,24 @@ class DivaMethod(Method):
         return dict.fromkeys(HEADS, embedding_dim)
 
     @classmethod
+    def check_config(cls, cfg, options: DivaOptions) -> None:
+        """DiVA's memories are per task; each must hold a global batch."""
+        if cfg.memory.size:
+            raise ValueError(
+                f"memory.size={cfg.memory.size}: method 'diva' has a margin loss per task and takes a cross-batch "
+                "memory per task: set method.options.discriminative.memory.size (or shared / intra) instead, and "
+                "memory.size=0"
+            )
+        batch = cfg.data.classes_per_batch * cfg.data.samples_per_class
+        for task in TASKS:
+            check_memory(getattr(options, task).memory, f"method.options.{task}.memory", batch)
+
+    @classmethod
     def from_config(cls, cfg, options: DivaOptions, model: Embedder, num_classes: int) -> DivaMethod:
-        kwargs = asdict(options)
+        kwargs = {f.name: copy.deepcopy(getattr(options, f.name)) for f in fields(options)}
         if kwargs["decorrelation"] is not None:
             kwargs["decorrelation"] = [tuple(p) for p in kwargs["decorrelation"]]
-        return cls(model, num_classes, **kwargs)
+        return cls(model, num_classes, samples_per_class=cfg.data.samples_per_class, **kwargs)
 
     def test_embedding(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         heads = self.embed_heads(images)

@@ -46,6 +46,14 @@ def method_options(cfg) -> Any:
         raise ValueError(f"method.options of {cfg.method.name!r}: {message}") from None
 
 
+def check_method_config(cfg) -> Any:
+    """The typed options (`method_options`), and the method's own check of the whole config (``check_config``: a
+    memory, a miner, combinations that make no sense), at load time; a `ValueError` naming the key otherwise."""
+    options = method_options(cfg)
+    method_class(cfg.method.name).check_config(cfg, options)
+    return options
+
+
 def method_heads(cfg) -> dict[str, int]:
     """The embedding heads the configured method trains, ``{name: dim}``."""
     return method_class(cfg.method.name).heads(method_options(cfg), cfg.model.embedding_dim)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..losses.base import drop_self
 from ..losses.geometry import log_inverse_sphere_density
 from ..precision import full_precision
 from ..registry import MINERS
@@ -61,16 +62,18 @@ class DistanceWeightedTripletMiner(Miner):
         super().__init__()
         self.lower_cutoff = lower_cutoff
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, own_ref, generator):
+    def mine(self, embeddings, labels, ref_emb, ref_labels, own_ref, generator, *, self_index=None):
         x = _no_grad_normalised(embeddings)
         r = x if own_ref else _no_grad_normalised(ref_emb)
         same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
         positive = same.clone()
         if own_ref:
             positive.fill_diagonal_(False)
+        drop_self(positive, self_index)
+        negative = ~same if self_index is None else drop_self(~same, self_index)  # (permuted labels: self may differ)
         anchors, p = _uniform(positive, generator)
         log_w = _log_inverse_density(x, r, self.lower_cutoff)
-        rows, n = _sample(log_w[anchors], ~same[anchors], generator)
+        rows, n = _sample(log_w[anchors], negative[anchors], generator)
         return anchors[rows], p[rows], n
 
 
@@ -83,7 +86,7 @@ class SharedTripletMiner(Miner):
         self.sharing, self.lower_cutoff = sharing, lower_cutoff
         self.distance_weighted = DistanceWeightedTripletMiner(lower_cutoff)
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, own_ref, generator):
+    def mine(self, embeddings, labels, ref_emb, ref_labels, own_ref, generator, *, self_index=None):
         if self.sharing == "random":
             if own_ref:
                 perm = torch.randperm(len(labels), generator=generator, device="cpu").to(labels.device)
@@ -91,12 +94,12 @@ class SharedTripletMiner(Miner):
             joint = torch.cat([labels, ref_labels])
             joint = joint[torch.randperm(len(joint), generator=generator, device="cpu").to(joint.device)]
             return self.distance_weighted(embeddings, joint[: len(labels)], ref_emb, joint[len(labels) :],
-                                          generator=generator)  # fmt: skip
+                                          generator=generator, self_index=self_index)  # fmt: skip
         x = _no_grad_normalised(embeddings)
         r = x if own_ref else _no_grad_normalised(ref_emb)
         same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
         log_w = _log_inverse_density(x, r, self.lower_cutoff)
-        anchors, n = _sample(log_w, ~same, generator)
+        anchors, n = _sample(log_w, ~same, generator)  # (a memory's own copy has the anchor's class: never chosen)
         # positives: neither the anchor's class nor the negative's
         third = ~same[anchors] & ~(ref_labels.unsqueeze(0) == ref_labels[n].unsqueeze(1))
         weights = log_w[anchors] if self.sharing == "full" else torch.zeros_like(third, dtype=log_w.dtype)
@@ -110,8 +113,8 @@ class IntraClassTripletMiner(Miner):
         super().__init__()
         self.triplets = triplets
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, own_ref, generator):
-        count = self.triplets or len(labels)
+    def mine(self, embeddings, labels, ref_emb, ref_labels, own_ref, generator, *, self_index=None):
+        count = self.triplets or len(labels)  # draws with replacement, p = a included, in a batch as in a memory
         classes = torch.unique(labels)
         if not own_ref:
             classes = classes[torch.isin(classes, ref_labels)]

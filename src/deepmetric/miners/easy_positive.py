@@ -28,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..losses.base import drop_self
 from ..losses.geometry import log_inverse_sphere_density
 from ..precision import full_precision
 from ..registry import MINERS
@@ -75,7 +76,7 @@ class EasyPositiveMiner(Miner):
         self.cutoff, self.nonzero_loss_cutoff = cutoff, nonzero_loss_cutoff
         self.negatives_per_anchor, self.epsilon = negatives_per_anchor, epsilon
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, own_ref, generator):
+    def mine(self, embeddings, labels, ref_emb, ref_labels, own_ref, generator, *, self_index=None):
         """``(a1, p, a2, n)`` index tensors; with ``ref_emb`` the indices of p and n point into the reference set."""
         x = F.normalize(full_precision(embeddings.detach()), dim=1)
         r = x if own_ref else F.normalize(full_precision(ref_emb.detach()), dim=1)
@@ -85,6 +86,7 @@ class EasyPositiveMiner(Miner):
         candidate = same.clone()
         if own_ref:
             candidate.fill_diagonal_(False)
+        drop_self(candidate, self_index)  # a memory's copy of the anchor itself
         if self.duplicate_threshold is not None:
             candidate &= sim <= self.duplicate_threshold
         negative = ~same

@@ -126,8 +126,15 @@ def test_what_a_loss_takes_from_a_miner_is_checked_first():
     x, y = batch([0, 0, 1, 1])
     with pytest.raises(ValueError, match="DivaMarginLoss needs triplets"):
         build("diva_margin")(x, y)
-    with pytest.raises(ValueError, match="MarginContrastiveLoss uses every pair; it takes no miner"):
-        build("ccp_c2")(x, y, (torch.tensor([0]), torch.tensor([1]), torch.tensor([2])))
+    with pytest.raises(ValueError, match=r"MarginContrastiveLoss takes a miner's triplets .* got 2 index tensors"):
+        build("ccp_c2")(x, y, (torch.tensor([0]), torch.tensor([1])))
+
+    class EveryPair(MetricLoss):
+        def compute_loss(self, *args, **kwargs):
+            return torch.zeros(())
+
+    with pytest.raises(ValueError, match="EveryPair uses every pair; it takes no miner"):
+        EveryPair()(x, y, (torch.tensor([0]), torch.tensor([1]), torch.tensor([2])))
 
 
 def test_every_own_class_is_covered():

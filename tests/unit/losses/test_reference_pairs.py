@@ -127,7 +127,7 @@ def test_registered_names_and_clear_errors():
     assert isinstance(build_loss("ccp_c2", {}, num_classes=3, embedding_size=4), MarginContrastiveLoss)
     assert isinstance(build_loss("margin_contrastive", {}, num_classes=3, embedding_size=4), MarginContrastiveLoss)
     assert isinstance(build_loss("pair_multi_similarity", {}, num_classes=3, embedding_size=4), PairMultiSimilarityLoss)
-    with pytest.raises(ValueError, match="takes no miner"):
+    with pytest.raises(ValueError, match="takes a miner's triplets"):
         MarginContrastiveLoss()(A, Y, (torch.tensor([0]), torch.tensor([1])))
     with pytest.raises(ValueError, match="both ref_emb and ref_labels"):
         MarginContrastiveLoss()(A, Y, ref_emb=R)
