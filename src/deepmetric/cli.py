@@ -104,8 +104,15 @@ def cmd_mlrc(args) -> int:
 
 
 def _print_metrics(split: str, metrics: dict) -> None:
-    shown = {k: v for k, v in metrics.items() if not k.startswith("num_")}
+    shown = {k: v for k, v in metrics.items() if not k.startswith("num_") and not _verification_detail(k, v)}
     print(f"{split} metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+
+def _verification_detail(key: str, value) -> bool:
+    """Verification entries too detailed for the one-line summary (counts, thresholds, flags); --json has them."""
+    return key.startswith("verification/") and (
+        "num_" in key or "threshold" in key or "precision" in key or "recall" in key or isinstance(value, bool | dict)
+    )
 
 
 BASELINE_KEYS = ("recall@1", "map@r", "nmi", "fine/recall@1", "fine/map@r", "coarse/recall@1")
@@ -128,7 +135,19 @@ def _print_baseline(metrics: dict) -> None:
 def cmd_evaluate(args) -> int:
     from .run import load_run
 
-    metrics = load_run(args.run_dir, args.checkpoint, args.device).evaluate(args.split, progress=not args.quiet)
+    run = load_run(args.run_dir, args.checkpoint, args.device)
+    emb = run.embed(args.split, progress=not args.quiet)
+    metrics = run.score(args.split, emb)
+    if args.verification:
+        from .evaluation import verification_metrics
+
+        normalize = run.method.normalize_embeddings if run.cfg.eval.normalize is None else run.cfg.eval.normalize
+        found = verification_metrics(emb.embeddings, emb.labels, normalize=normalize, max_pairs=args.max_pairs,
+                                     seed=run.cfg.train.seed)  # fmt: skip
+        roc = found.pop("roc")
+        metrics.update({f"verification/{k}": v for k, v in found.items()})
+        if args.json:
+            metrics["verification/roc"] = roc
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -428,6 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = _run_dir_command(sub, "evaluate", "evaluate a run's checkpoint on a split")
     ev.add_argument("--split", choices=["val", "test"], default="test", help="the split to score (default test)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    ev.add_argument(
+        "--verification",
+        action="store_true",
+        help="add pair verification metrics over all same-class vs different-class pairs of the split: "
+        "ROC AUC, EER, best F1 and FNMR@FMR for FMR 1e-1 … 1e-4 (with the ROC curve in --json)",
+    )
+    ev.add_argument("--max-pairs", type=int, metavar="N",
+                    help="with --verification: estimate from a seeded sample of N pairs when the split has more "
+                         "(default: exact over all pairs)")  # fmt: skip
     ev.set_defaults(func=cmd_evaluate)
     em = _run_dir_command(sub, "embed", "embed images (a folder or CSV) or a split of the run's dataset")
     em.add_argument("--images", help="a folder (flat, or one sub-folder per class) or a CSV with path,label")

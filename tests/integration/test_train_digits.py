@@ -85,6 +85,18 @@ def test_cli_evaluate_embed_report(trained, tmp_path, capsys):
     assert evaluated == pytest.approx(metrics["test"], abs=1e-6)
     assert main(["evaluate", str(run_dir), "--split", "val", "--checkpoint", "last", "--quiet"]) == 0
     assert "val metrics: recall@1" in capsys.readouterr().out
+    assert main(["evaluate", str(run_dir), "--verification", "--json", "--quiet"]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    n = metrics["test"]["num_queries"]
+    assert verified["recall@1"] == pytest.approx(metrics["test"]["recall@1"], abs=1e-6)
+    assert verified["verification/num_positive_pairs"] + verified["verification/num_negative_pairs"] == n * (n - 1) // 2
+    assert (
+        verified["verification/roc_auc"] > 0.55 and 0 < verified["verification/eer"] < 0.5
+    )  # a tiny, briefly trained model
+    assert not verified["verification/sampled"] and len(verified["verification/roc"]["fpr"]) > 2
+    assert main(["evaluate", str(run_dir), "--verification", "--max-pairs", "2000", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "verification/eer" in printed and "verification/fnmr@fmr=0.01" in printed and "threshold" not in printed
     out = tmp_path / "emb"
     assert main(["embed", str(run_dir), "--split", "test", "--out", str(out), "--quiet"]) == 0
     emb = np.load(tmp_path / "emb.npy")

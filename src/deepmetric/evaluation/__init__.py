@@ -1,4 +1,4 @@
-"""Evaluation: exact chunked k-NN retrieval metrics and clustering metrics (DESIGN §5)."""
+"""Evaluation: exact chunked k-NN retrieval metrics, pair verification metrics and clustering metrics (DESIGN §5)."""
 
 from .clustering import clustering_metrics, kmeans
 from .inputs import encode_labels
@@ -10,8 +10,10 @@ from .metrics import (
     per_query_retrieval_metrics,
     retrieval_metrics,
 )
+from .verification import DEFAULT_FMRS, verification_metrics
 
 __all__ = [
+    "DEFAULT_FMRS",
     "DEFAULT_KS",
     "DEFAULT_MEMORY_BUDGET",
     "KnnChunk",
@@ -23,4 +25,5 @@ __all__ = [
     "per_class_retrieval_metrics",
     "per_query_retrieval_metrics",
     "retrieval_metrics",
+    "verification_metrics",
 ]
