@@ -71,10 +71,11 @@ def test_report_has_metrics_and_plots(trained):
     page = (run_dir / "report.html").read_text()
     assert '<table id="metrics">' in page and "recall@1" in page
     # digits carry coarse labels (parity), so the coarse-class plot is there too
-    assert page.count("data:image/png;base64,") == 6
+    assert page.count("data:image/png;base64,") == 7
     assert "Worst queries (lowest average precision)" in page
     assert "Most confused class pairs" in page and "Worst classes (recall@1)" in page
-    for png in ("curves", "tsne", "retrieval", "per_class_recall", "coarse_class", "worst_queries"):
+    assert "Verification (test pairs" in page
+    for png in ("curves", "tsne", "retrieval", "per_class_recall", "coarse_class", "worst_queries", "verification"):
         assert (run_dir / "report" / f"{png}.png").stat().st_size > 1000
 
 
@@ -157,10 +158,12 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
         assert table.locator("tr").count() == 1 + sum(not k.startswith("num_") for k in metrics["test"])
         assert f"{metrics['test']['recall@1']:.4f}" in table.inner_text()
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
-        assert len(widths) == 6 and min(widths) > 100  # every embedded PNG decoded, the worst queries included
+        assert len(widths) == 7 and min(widths) > 100  # every embedded PNG decoded, worst queries and verification too
         assert page.get_by_alt_text("Worst queries (lowest average precision)").is_visible()
-        failure_tables = page.locator("table.failures")
-        assert failure_tables.count() == 2 and failure_tables.first.locator("tr").count() > 1
+        assert page.get_by_alt_text("Verification: same-class vs different-class pairs").is_visible()
+        failure_tables = page.locator("table.failures")  # confused pairs, worst classes, verification
+        assert failure_tables.count() == 3 and failure_tables.first.locator("tr").count() > 1
+        assert "eer" in failure_tables.last.inner_text()
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()

@@ -25,3 +25,17 @@ def test_failures_by_hand():
 def test_lone_queries_are_not_scored():
     x = torch.eye(3)
     assert failures.worst_queries(x, np.array([0, 1, 2]), 3) == []
+
+
+def test_pair_distances_sample_positive_and_negative_pairs():
+    from deepmetric.report.failures import pair_distances
+
+    # classes 0 (two points at distance 1) and 1 (one point): positives are all 1, negatives are 3 or 4 away
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [4.0, 0.0]])
+    positives, negatives = pair_distances(x, np.array([0, 0, 1]), 50, seed=0, normalize=False)
+    assert len(positives) == 50 and np.allclose(positives, 1.0)
+    assert 0 < len(negatives) <= 50 and set(np.round(negatives, 6)) <= {3.0, 4.0}
+    again = pair_distances(x, np.array([0, 0, 1]), 50, seed=0, normalize=False)
+    assert np.array_equal(again[1], negatives)  # deterministic
+    none, _ = pair_distances(x, np.array([0, 1, 2]), 10, seed=0, normalize=False)
+    assert len(none) == 0  # singletons: no positive pair

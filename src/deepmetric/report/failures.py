@@ -48,3 +48,28 @@ def confused_pairs(labels: np.ndarray, nearest: torch.Tensor, count: int) -> lis
 def worst_classes(per_class: dict[int, float], count: int) -> list[tuple[int, float]]:
     """(class, recall@1), lowest first, ties by class."""
     return sorted(per_class.items(), key=lambda kv: (kv[1], kv[0]))[:count]
+
+
+def pair_distances(embeddings, labels, pairs: int, seed: int, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Distances of up to ``pairs`` random positive pairs (a random item and another of its class) and as many random
+    negative pairs (two items of different classes), for a histogram; deterministic given ``seed``."""
+    x = torch.as_tensor(embeddings, dtype=torch.float32)
+    x = F.normalize(x, dim=1) if normalize else x
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], labels, side="left")
+    sizes = np.searchsorted(labels[order], labels, side="right") - starts
+    owners = np.flatnonzero(sizes > 1)
+    positives = np.empty(0)
+    if len(owners):
+        i = rng.choice(owners, pairs)
+        offset = rng.integers(0, sizes[i] - 1)  # another member: skip i's own place in its class block
+        j = order[starts[i] + offset]
+        j = np.where(j == i, order[starts[i] + sizes[i] - 1], j)
+        positives = (x[i] - x[j]).norm(dim=1).numpy()
+    a, b = rng.integers(0, len(labels), (2, pairs * 2))
+    keep = labels[a] != labels[b]
+    a, b = a[keep][:pairs], b[keep][:pairs]
+    negatives = (x[a] - x[b]).norm(dim=1).numpy() if len(a) else np.empty(0)
+    return positives, negatives

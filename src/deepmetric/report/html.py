@@ -110,6 +110,19 @@ def _figures(run_dir: Path, run, test_embedded=None) -> tuple[dict[str, Path], d
         tables["Worst classes (recall@1)"] = [("class", "recall@1")] + [
             (_name(names, c), f"{v:.3f}") for c, v in failures.worst_classes(per_class, 10)
         ]
+    if len(np.unique(emb.labels)) > 1:
+        from ..evaluation import verification_metrics
+
+        normalize = run.method.normalize_embeddings if cfg.eval.normalize is None else cfg.eval.normalize
+        ver = verification_metrics(emb.embeddings, emb.labels, normalize=normalize, max_pairs=2_000_000,
+                                   seed=cfg.train.seed, memory_budget=cfg.eval.memory_budget)  # fmt: skip
+        positives, negatives = failures.pair_distances(emb.embeddings, emb.labels, 20_000, cfg.train.seed, normalize)
+        if ver["num_positive_pairs"] and ver["num_negative_pairs"]:
+            plots.verification(ver, positives, negatives, out_dir / "verification.png")
+            figures["Verification: same-class vs different-class pairs"] = out_dir / "verification.png"
+            shown = ("eer", "roc_auc", "fnmr@fmr=0.1", "fnmr@fmr=0.01", "best_f1", "best_f1_threshold")
+            title = "Verification (test pairs" + (", sampled)" if ver["sampled"] else ")")
+            tables[title] = [("metric", "value")] + [(k, f"{ver[k]:.4f}") for k in shown if k in ver]
     if (emb.coarse_labels >= 0).all():
         groups = {c: np.unique(emb.labels[emb.coarse_labels == c]) for c in np.unique(emb.coarse_labels)}
         coarse, fines = max(groups.items(), key=lambda kv: (len(kv[1]), -kv[0]))

@@ -1,6 +1,8 @@
-"""Plots of a run (matplotlib, Agg): curves, t-SNE, retrieval grid, per-class recall@1."""
+"""Plots of a run (matplotlib, Agg): curves, t-SNE, retrieval grid, per-class recall@1, verification."""
 
 from __future__ import annotations
+
+import math
 
 import matplotlib
 
@@ -139,4 +141,28 @@ def per_class_recall(values: dict[int, float], names: dict | None, path) -> None
     ax.set_xlabel("recall@1")
     title = "per-class recall@1" + (" (20 worst and 20 best classes)" if len(classes) > 40 else "")
     ax.set_title(title)
+    _save(fig, path)
+
+
+def verification(metrics: dict, positives: np.ndarray, negatives: np.ndarray, path) -> None:
+    """ROC of same-class vs different-class pairs (log false match rate) with the equal error rate, and the distance
+    histograms of positive and negative pairs with the best-F1 and FMR = 1e-2 thresholds."""
+    fig, (roc, hist) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fpr, tpr = np.asarray(metrics["roc"]["fpr"]), np.asarray(metrics["roc"]["tpr"])
+    shown = fpr > 0
+    roc.plot(fpr[shown], tpr[shown], color="#4575b4")
+    roc.set_xscale("log")
+    roc.set_xlabel("false match rate (different-class pairs accepted)")
+    roc.set_ylabel("true match rate")
+    roc.axhline(1 - metrics["eer"], color="#999999", lw=0.8, ls=":")
+    roc.set_title(f"ROC: EER {metrics['eer']:.3f}, AUC {metrics['roc_auc']:.3f}")
+    bins = np.linspace(0, max(float(np.max(negatives, initial=0)), float(np.max(positives, initial=0)), 1e-6), 60)
+    hist.hist(negatives, bins=bins, density=True, alpha=0.55, color="#d73027", label="different class")
+    hist.hist(positives, bins=bins, density=True, alpha=0.55, color="#1a9850", label="same class")
+    for key, style, name in (("best_f1_threshold", "-", "best F1"), ("threshold@fmr=0.01", "--", "FMR 1e-2")):
+        if math.isfinite(metrics.get(key, math.nan)):
+            hist.axvline(metrics[key], color="black", lw=0.9, ls=style, label=f"{name}: {metrics[key]:.3f}")
+    hist.set_xlabel("distance")
+    hist.set_title("pair distances (sampled)")
+    hist.legend(fontsize=7)
     _save(fig, path)
