@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks._report import train_once
+from benchmarks._report import command_line, emit, train_once
 
 # settings that may differ inside a cell besides the seed: the class-disjoint validation fold follows the seed
 CELL_IGNORED = ("protocol.fold",)
@@ -147,3 +147,14 @@ def train_cells(cells: list[Cell], jobs: int = 1, threads: int = 1) -> list[Path
             print(f"{run.run_dir} failed:\n{error}", file=sys.stderr, flush=True)
             failed.append(run.run_dir)
     return failed
+
+
+def run_study(parser, cells: Callable, table: Callable, argv=None) -> None:
+    """A study's ``main``: parse ``argv``, train its ``cells(args)`` (``--jobs`` at a time), print (and ``--write``)
+    its ``table(args, cells, command)``, and fail naming the runs that failed."""
+    args = parser.parse_args(argv)
+    planned = cells(args)
+    failed = train_cells(planned, args.jobs, args.threads)
+    emit(table(args, planned, command_line()), args.write)
+    if failed:
+        raise SystemExit(f"{len(failed)} runs failed: {', '.join(map(str, failed))}")

@@ -32,8 +32,8 @@ if not __package__:  # run as `python benchmarks/ccp.py`: import `benchmarks` fr
 
 from benchmarks._glyphs import GLYPH_DATA, glyph_csv, pretrained_backbone
 from benchmarks._regime import REFERENCE, check_protocol, pretrained
-from benchmarks._report import add_study_arguments, command_line, emit, mean_std, overrides_from, untrained_overrides
-from benchmarks._runs import Cell, Run, summary, train_cells
+from benchmarks._report import add_study_arguments, mean_std, overrides_from, untrained_overrides
+from benchmarks._runs import Cell, Run, run_study, summary
 
 PAIRS = {"c2": ("c2", "ccp_c2"), "ms": ("ms", "ccp_ms")}
 PRESETS = Path("configs/fashion_mnist")
@@ -169,12 +169,7 @@ def table(args, cells: list[Cell], command: str) -> list[str]:
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    planned = cells(args)
-    failed = train_cells(planned, args.jobs, args.threads)
-    emit(table(args, planned, command_line()), args.write)
-    if failed:
-        raise SystemExit(f"{len(failed)} runs failed: {', '.join(map(str, failed))}")
+    run_study(parser(), cells, table, argv)
 
 
 if __name__ == "__main__":

