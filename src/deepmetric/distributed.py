@@ -13,6 +13,7 @@ Outside ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) every function i
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -60,8 +61,14 @@ def setup(device: str) -> torch.device:
 
 def teardown() -> None:
     """Leave the process group together: every rank waits for the others (rank 0 may still be writing the report)
-    before destroying it, since a rank that exits while another still uses gloo's connections can abort."""
+    before destroying it, since a rank that exits while another still uses gloo's connections can abort.
+
+    First the garbage left by training is collected: the DistributedDataParallel wrapper (which holds the process
+    group and its gloo work) outlives ``train()`` in reference cycles, and when the interpreter's finalisation frees
+    it instead, gloo's threads release tensors without a live interpreter and the process aborts ("terminate called
+    without an active exception", SIGABRT, seen on one rank of a CI run)."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         if dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
