@@ -339,7 +339,7 @@ def cmd_serve(args) -> int:
     server = make_server(args.index_dir, args.host, args.port, args.max_upload_mb, args.device,
                          max_pixels=int(args.max_pixels), timeout=args.timeout, max_concurrent=args.max_concurrent,
                          queue_wait=args.queue_wait, max_connections=args.max_connections,
-                         allow_hosts=args.allow_host, root=args.root)  # fmt: skip
+                         allow_hosts=args.allow_host, root=args.root, threshold=args.threshold)  # fmt: skip
     host, port = server.server_address[:2]
     host = f"[{host}]" if ":" in host else host
     print(f"deepmetric: serving {args.index_dir} on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
@@ -349,6 +349,26 @@ def cmd_serve(args) -> int:
         pass
     finally:
         server.server_close()
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .retrieval.matching import CALIBRATION_FILE, calibrate_run
+
+    record = calibrate_run(args.run_dir, args.target, checkpoint=args.checkpoint, images=args.images,
+                           device=args.device, progress=not args.quiet)  # fmt: skip
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    on = record["calibrated_on"]
+    where = "the validation split" if "split" in on else on["images"]
+    a = record["achieved"]
+    print(f"threshold {record['threshold']:.4f} for {record['target']} on {where} ({record['num_items']} images, "
+          f"{record['num_classes']} labels, checkpoint {record['checkpoint']})")  # fmt: skip
+    print(f"  nearest-neighbour matching: precision {a['precision']:.4f}, recall {a['recall']:.4f}, "
+          f"F1 {a['f1']:.4f}, {a['accepted']:.1%} of queries answered 'match'")  # fmt: skip
+    print(f"  pairs: false match rate {a['fmr']:.2e}, false non-match rate {a['fnmr']:.4f}")
+    print(f"written: {Path(args.run_dir) / CALIBRATION_FILE}")
     return 0
 
 
@@ -516,8 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also answer requests for this Host name (repeatable; '*': any; default: the bound "
                     "address and localhost)")  # fmt: skip
     sv.add_argument("--root", help="the folder the indexed images moved to (default: where the index records them)")
+    sv.add_argument("--threshold", type=float, metavar="DISTANCE",
+                    help="answer match / no match at this distance (default: the run's `deepmetric calibrate` "
+                         "threshold, if any)")  # fmt: skip
     sv.add_argument("--device", help=DEVICE_HELP)
     sv.set_defaults(func=cmd_serve)
+    ca = _run_dir_command(sub, "calibrate", "choose the match threshold on the validation split (or --images)")
+    ca.add_argument("--target", default="precision=0.95", metavar="TARGET",
+                    help="precision=P (the most matches whose label is right with precision ≥ P; default "
+                         "precision=0.95), fmr=Q (a fraction Q of different-label pairs matched), or f1")  # fmt: skip
+    ca.add_argument("--images", help="calibrate on these labelled images (class sub-folders, or a CSV with "
+                                     "path,label) instead of the run's validation split")  # fmt: skip
+    ca.add_argument("--json", action="store_true", help="print the calibration record as JSON")
+    ca.set_defaults(func=cmd_calibrate)
     rp = _run_dir_command(sub, "report", "(re)write a run's report.html")
     rp.set_defaults(func=cmd_report)
     ds = sub.add_parser("datasets", help="list the datasets, or summarise and check one")

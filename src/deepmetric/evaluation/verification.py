@@ -99,6 +99,24 @@ def verification_metrics(
     return result
 
 
+def pair_rates_at(embeddings, labels, threshold: float, *, normalize: bool = True,
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict[str, float]:  # fmt: skip
+    """``{"fmr", "fnmr"}`` of every pair (i < j) at one distance ``threshold`` (a match: distance ≤ threshold),
+    exact and chunked; NaN where there are no negative / positive pairs."""
+    x = as_embeddings(embeddings, "embeddings")
+    y = as_labels(labels, "labels", x.shape[0]).to(x.device)
+    if normalize:
+        x = F.normalize(x, dim=1)
+    n = x.shape[0]
+    rows = max(1, min(n, memory_budget // (_BYTES_PER_PAIR * max(n, 1))))
+    pos = neg = pos_far = neg_near = 0
+    for p, q in _exact_pair_blocks(x, y, rows):
+        pos, neg = pos + p.numel(), neg + q.numel()
+        pos_far += int((p > threshold).sum())
+        neg_near += int((q <= threshold).sum())
+    return {"fmr": neg_near / neg if neg else math.nan, "fnmr": pos_far / pos if pos else math.nan}
+
+
 def _upper_bound(x: torch.Tensor, pairwise: bool = False) -> float:
     """A strict upper bound of every distance: 2 · max norm for pairs of rows, else the largest value, with slack."""
     if x.numel() == 0:

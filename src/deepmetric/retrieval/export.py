@@ -5,6 +5,8 @@ transform, the normalisation and the network, so it is self-contained; ``<file>.
 decode images, the embedding size, the source checkpoint and the SHA-256 of every file written. After export the
 file is loaded back (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) and run on a batch; the export fails if
 its output differs from the PyTorch model's by more than ``tolerance`` (default 1e-4) anywhere, and leaves no file.
+When the run was calibrated (``deepmetric calibrate``) for these weights, the metadata carries its match threshold
+and confidence curve (``calibration``); a calibration of other weights is an error, so re-calibrate first.
 
 ONNX is one self-contained file when the weights fit ONNX's 2 GB protobuf limit (every model deepmetric builds does);
 a larger one keeps its weights in ``<file>.data`` beside it, which must travel with the ``.onnx`` file: the metadata
@@ -37,6 +39,7 @@ def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     out = Path(out)
+    calibration = _calibration(model)  # first: a calibration of other weights stops the export before any file
     data_file = out.with_name(out.name + ".data")
     out.parent.mkdir(parents=True, exist_ok=True)
     module = model.exportable()
@@ -84,9 +87,20 @@ def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float
         "preprocessing": model.preprocessing(),
         "source": model.source,
         "class_names": model.meta.get("class_names", {}),
+        "calibration": calibration,
     }
     write_json(out.with_suffix(out.suffix + ".json"), meta)
     return meta
+
+
+def _calibration(model: EmbeddingModel) -> dict | None:
+    """The run's match threshold and confidence curve for the exported weights (None when not calibrated)."""
+
+    calibration = model.calibration(required=False) if model.source.get("run_dir") else None
+    if calibration is None:
+        return None
+    return {**calibration.summary(), "confidence_curve": calibration.record["confidence_curve"],
+            "distance": "Euclidean between the L2-normalised embeddings: sqrt(2 - 2 cos)"}  # fmt: skip
 
 
 def weight_bytes(module: torch.nn.Module) -> int:

@@ -12,6 +12,7 @@ none) and normalisation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,6 +159,38 @@ class EmbeddingModel:
         if not decoded:
             return torch.empty(0, self.dim), kept, bad
         return self.embed(torch.stack(decoded), batch_size, progress), kept, bad
+
+    # ------------------------------------------------------------------------------------------- matching
+    def calibration(self, required: bool = True):
+        """The run's `Calibration` (``deepmetric calibrate``) for these weights; None when absent and not required."""
+        from .matching import load_calibration
+
+        return load_calibration(self.source["run_dir"], self.source["checkpoint_sha256"], required=required)
+
+    def match(self, images, index, *, threshold: float | None = None, **query) -> list:
+        """Per image, a `Match` against ``index`` (an `EmbeddingIndex` of this model, or its folder): the nearest
+        indexed item's label when it lies within the calibrated threshold (or ``threshold``), else "no match".
+        ``query``: more arguments of the index's ``query`` (e.g. a metadata filter). None for a query whose
+        (filtered) search found nothing."""
+        from ..errors import ConfigError
+        from .index import EmbeddingIndex
+        from .matching import check_threshold, decide
+
+        calibration = None
+        if isinstance(index, str | Path):
+            index = EmbeddingIndex.load(index)
+        index.check_model(self.source)
+        if threshold is None:
+            calibration = self.calibration()
+            t = calibration.threshold
+        else:  # the user's threshold; the calibrated confidence still applies when the run has one for these weights
+            t = check_threshold(threshold)
+            with contextlib.suppress(ConfigError):
+                calibration = self.calibration(required=False)
+        emb = self.embed(images)
+        if not len(emb):
+            return []
+        return [decide(hits, t, calibration) for hits in index.query(emb.numpy(), 1, **query)]
 
     def exportable(self) -> ExportableEmbedder:
         """The module that export traces: uint8 N × C × L × L → embeddings, CPU, eval mode."""

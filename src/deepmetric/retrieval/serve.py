@@ -6,7 +6,9 @@ Standard-library HTTP/1.1 server (a thread per connection), bound to localhost b
   with their distances);
 - ``POST /search?k=10``: body = the raw bytes of an image, or a ``multipart/form-data`` form with the image in a
   file field (and optionally a ``k`` field); answers JSON ``{"results": [{"id", "score", "distance", "label"?,
-  "url"}]}``;
+  "url"}], "match"?: {"matched", "label", "id", "distance", "confidence", "threshold"}}``, with ``match`` when the
+  run is calibrated (``deepmetric calibrate``) or a threshold was given: the nearest hit within the threshold is a
+  match, else none is;
 - ``GET /search?id=N&k=10``: search with the N-th indexed image;
 - ``GET /image?id=N``: an indexed image (for thumbnails).
 
@@ -51,6 +53,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError
 from .index import EmbeddingIndex
+from .matching import check_threshold, decide
 from .model import EmbeddingModel
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -69,32 +72,51 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; 
 #results { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 1em; }
 .hit { width: 120px; text-align: center; font-size: 12px; overflow-wrap: anywhere; } .hit img { width: 112px;
   height: 112px; object-fit: contain; background: #eee; image-rendering: pixelated; }
-#error { color: #b00; font-weight: bold; } #query img { max-width: 160px; max-height: 160px; }
+#error { color: #b00; font-weight: bold; } #match { font-size: 1.2em; font-weight: bold; margin-top: 1em; }
+#match.yes { color: #060; } #match.no { color: #a50; } #query img { max-width: 160px; max-height: 160px; }
 </style></head><body>
 <h1>deepmetric search</h1>
 <p>Index: <b>__COUNT__</b> images, __KIND__ index, model <code>__MODEL__</code>.</p>
+<p id="matching">__MATCHING__</p>
 <form id="form" method="post" action="/search" enctype="multipart/form-data">
  <input type="file" id="file" name="file" accept="image/*">
  k <input type="number" id="k" name="k" value="10" min="1" max="100" style="width:4em">
  <button type="submit" id="search">Search</button>
  <button type="button" id="random">Random indexed image</button></form>
-<p id="error"></p><div id="query"></div><div id="results"></div>
+<p id="error"></p><div id="query"></div><div id="match"></div><div id="results"></div>
 <script nonce="__NONCE__">
 const $ = (id) => document.getElementById(id);
-const results = $('results'), error = $('error'), query = $('query');
+const results = $('results'), error = $('error'), query = $('query'), match = $('match');
 function text(tag, value, className) {  // data only ever enters the page as text
   const node = document.createElement(tag);
   node.textContent = value;
   if (className) node.className = className;
   return node;
 }
+function showMatch(m) {  // the calibrated answer, when the server has a threshold
+  match.textContent = '';
+  match.className = '';
+  if (!m) return;
+  const conf = (m.confidence === null || m.confidence === undefined) ? '' :
+    ', confidence ' + Number(m.confidence).toFixed(2);
+  if (m.matched) {
+    match.textContent = 'match: ' + String(m.label) + ' (distance ' + Number(m.distance).toFixed(4) + conf + ')';
+    match.className = 'yes';
+  } else {
+    match.textContent = 'no match: the nearest image is at distance ' + Number(m.distance).toFixed(4) +
+      ' > threshold ' + Number(m.threshold).toFixed(4) + conf;
+    match.className = 'no';
+  }
+}
 function show(data, status) {
   results.replaceChildren();
+  showMatch(null);
   if (status !== 200 || !data || !Array.isArray(data.results)) {
     error.textContent = (data && data.error) || ('error ' + status);
     return;
   }
   error.textContent = '';
+  showMatch(data.match);
   for (const hit of data.results) {
     const div = document.createElement('div');
     div.className = 'hit';
@@ -184,7 +206,7 @@ class SearchService:
 
     def __init__(self, index_dir: str | Path, max_upload_mb: float = 10.0, device: str | None = None, *,
                  max_pixels: int = DEFAULT_MAX_PIXELS, timeout: float = 30.0, max_concurrent: int = 16,
-                 queue_wait: float = 5.0, root: str | Path | None = None):  # fmt: skip
+                 queue_wait: float = 5.0, root: str | Path | None = None, threshold: float | None = None):  # fmt: skip
         for name, value in (("max_upload_mb", max_upload_mb), ("max_pixels", max_pixels), ("timeout", timeout),
                             ("max_concurrent", max_concurrent)):  # fmt: skip
             if not value > 0:
@@ -197,6 +219,7 @@ class SearchService:
             raise ValueError(f"{index_dir} records no model; build it with `deepmetric index build`")
         self.model = EmbeddingModel.load(model["run_dir"], model.get("checkpoint", "best"), device)
         self.index.check_model(self.model.source)
+        self.threshold, self.calibration = _matching(self.model, threshold)
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.max_upload_mb = max_upload_mb
         self.max_pixels, self.timeout = int(max_pixels), float(timeout)
@@ -236,6 +259,26 @@ class SearchService:
             hit["url"] = f"/image?id={self.position[hit['id']]}"
         return hits
 
+    def answer(self, hits: list[dict]) -> dict:
+        """The JSON answer: the hits, and the match decision when the server has a threshold."""
+        out: dict = {"results": hits}
+        if self.threshold is not None:
+            found = decide(hits, self.threshold, self.calibration)
+            out["match"] = found.as_dict() if found is not None else None
+        return out
+
+    def matching_line(self) -> str:
+        """How matches are decided, for the page."""
+        if self.threshold is None:
+            return "No match threshold: run `deepmetric calibrate RUN` to answer match / no match."
+        if self.calibration is None:
+            return f"Match threshold {self.threshold:.4f} (given with --threshold)."
+        on = self.calibration.record.get("calibrated_on", {})
+        where = "the validation split" if "split" in on else on.get("images", "labelled images")
+        achieved = self.calibration.record["achieved"]
+        return (f"Match threshold {self.threshold:.4f}, calibrated for {self.calibration.target} on {where} "
+                f"(precision {achieved['precision']:.3f}, recall {achieved['recall']:.3f} there).")  # fmt: skip
+
     def search_image(self, image: Image.Image, k: int) -> list[dict]:
         """Neighbours of a decoded PIL image."""
         return self._search([image], k)
@@ -274,7 +317,19 @@ class SearchService:
         """The search page, its script marked with ``nonce`` (the Content-Security-Policy's)."""
         return (PAGE.replace("__COUNT__", str(len(self.index))).replace("__KIND__", html.escape(self.index.kind))
                 .replace("__MODEL__", html.escape(str(self.index.model.get("run_dir", "?"))))
-                .replace("__NONCE__", nonce))  # fmt: skip
+                .replace("__MATCHING__", html.escape(self.matching_line())).replace("__NONCE__", nonce))  # fmt: skip
+
+
+def _matching(model: EmbeddingModel, threshold: float | None):
+    """``(threshold, calibration)``: the given threshold (with the run's confidence curve when it has a valid one),
+    else the run's calibrated one; ``(None, None)`` when neither. A calibration of other weights is an error."""
+    if threshold is not None:
+        calibration = None
+        with contextlib.suppress(ConfigError):
+            calibration = model.calibration(required=False)
+        return check_threshold(threshold), calibration
+    calibration = model.calibration(required=False)
+    return (calibration.threshold, calibration) if calibration is not None else (None, None)
 
 
 def parse_multipart(content_type: str, body: bytes) -> tuple[bytes, dict[str, str]]:
@@ -527,7 +582,7 @@ def make_handler(service: SearchService, hosts: HostCheck):
                     hits = service.search_file(path, service.k(query.get("k", [None])[0]), formats=None)
                 except RequestError as e:
                     return self._error(404 if e.status == 400 else e.status, f"indexed image: {e.message}")
-            return self._json(200, {"results": hits})
+            return self._json(200, service.answer(hits))
 
         @contextlib.contextmanager
         def _slot(self, length: int | None):
@@ -568,7 +623,7 @@ def make_handler(service: SearchService, hosts: HostCheck):
                     body, fields = parse_multipart(content_type, body)
                     k = fields.get("k", k)
                 hits = service.search_file(body, service.k(k))
-            return self._json(200, {"results": hits})
+            return self._json(200, service.answer(hits))
 
     return Handler
 
@@ -624,13 +679,14 @@ class SearchServer(ThreadingHTTPServer):
 
 def make_server(index_dir, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0,
                 device: str | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS, timeout: float = 30.0,
-                max_concurrent: int = 16, queue_wait: float = 5.0, max_connections: int = 64,
-                allow_hosts=(), root: str | Path | None = None) -> SearchServer:  # fmt: skip
+                max_concurrent: int = 16, queue_wait: float = 5.0, max_connections: int = 64, allow_hosts=(),
+                root: str | Path | None = None, threshold: float | None = None) -> SearchServer:  # fmt: skip
     """A ready server (``serve_forever()`` to run it); port 0 picks a free port (``server.server_address``).
     The limits are described in the module docstring."""
     if not max_connections >= max_concurrent:
         raise ConfigError(f"serve: max_connections = {max_connections} must be at least max_concurrent = "
                           f"{max_concurrent}")  # fmt: skip
     service = SearchService(index_dir, max_upload_mb, device, max_pixels=max_pixels, timeout=timeout,
-                            max_concurrent=max_concurrent, queue_wait=queue_wait, root=root)  # fmt: skip
+                            max_concurrent=max_concurrent, queue_wait=queue_wait, root=root,
+                            threshold=threshold)  # fmt: skip
     return SearchServer((host, port), make_handler(service, HostCheck(host, allow_hosts)), service, max_connections)
