@@ -75,3 +75,23 @@ def test_train_once_reuses_only_a_run_made_with_the_same_settings(digits_config,
     assert (tmp_path / "run" / "metrics.json").stat().st_mtime_ns == written  # reused, not retrained
     with pytest.raises(SystemExit, match=r"train\.seed: 3 → 4"):
         report.train_once(digits_config, {**overrides, "train__seed": 4}, tmp_path / "run")
+
+
+def test_milvus_speed_runs_end_to_end_on_a_small_collection(tmp_path):
+    """benchmarks/milvus_speed.py on 2,000 items in a Milvus Lite file: insert, the three index rows next to faiss,
+    the filtered rows, appended to ``--write`` under the command line."""
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    out = tmp_path / "retrieval.md"
+    cmd = [sys.executable, "-m", "benchmarks.milvus_speed", "--sizes", "2000", "--queries", "5", "--write", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("`python -m benchmarks.milvus_speed --sizes 2000 --queries 5 --write ")
+    rows = [line for line in text.splitlines() if line.startswith("| 2,000 |")]
+    # insert; FLAT, IVF_FLAT, HNSW; filtered: FLAT, IVF_FLAT nprobe 32 (128, 512 exceed nlist 89), HNSW ef 64/256/1024
+    assert len(rows) == 1 + 3 + 5
+    for index in ("FLAT", "IVF_FLAT", "HNSW"):
+        assert any(row.startswith(f"| 2,000 | {index} | ") and row.count("|") == 11 for row in rows), index
+    assert "| 2,000 | HNSW | ef 1024 |" in text
