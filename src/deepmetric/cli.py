@@ -238,41 +238,95 @@ def cmd_export(args) -> int:
 
 def cmd_index(args) -> int:
     from .errors import ConfigError
-    from .retrieval import EmbeddingIndex, list_images, load
-    from .retrieval.index import faiss_available, warnings_to_stderr
+    from .retrieval import EmbeddingIndex, load
+    from .retrieval.index import warnings_to_stderr
 
+    model = None
     if args.action == "build":
         if Path(args.out, "meta.json").exists():
             raise SystemExit(f"deepmetric index build: {args.out} already holds an index; use `index add`")
         model = load(args.run_dir, args.checkpoint, args.device)
-        kind = args.kind or ("flat" if faiss_available() else "torch")
-        index = EmbeddingIndex(kind, model.dim, model=model.source, nlist=args.nlist, nprobe=args.nprobe,
-                               hnsw_m=args.hnsw_m, ef_search=args.ef_search)  # fmt: skip
-        folder = args.out
+        index, folder = _new_index(args, model), args.out
     else:
-        if args.images is None and args.root is None:
+        if args.action == "add" and args.images is None and args.root is None:
             raise ConfigError("index add: give --images DIR|CSV (images to add) and/or --root DIR (the "
                               "folder the indexed images moved to, recorded in the index)")  # fmt: skip
         with warnings_to_stderr():
             index = EmbeddingIndex.load(args.index_dir, root=args.root)
         folder = args.index_dir
-    if args.images is not None:
-        if args.action == "add":
+    change = ""
+    if args.action == "delete":
+        removed = index.delete(where=args.where) if args.where else index.delete(_ids_to_delete(args))
+        change = f"deleted {len(removed)}; "
+    elif args.images is not None:
+        if model is None:
             model = load(index.model["run_dir"], index.model.get("checkpoint", "best"), args.device)
             index.check_model(model.source)
-        paths, labels = list_images(args.images)
-        emb, kept, bad = model.embed_paths(paths, progress=not args.quiet)
-        _report_bad(bad)
-        if labels is not None:
-            position = {p: i for i, p in enumerate(paths)}
-            labels = [labels[position[p]] for p in kept]
-            if len(index) and index.labels is None:
-                print("deepmetric: the index has no labels, so the new images' labels are not stored", file=sys.stderr)
-                labels = None
-        index.add(emb, kept, labels, paths=True)
+        emb, kept, labels, metadata = _embed_items(args.images, model, index, args.quiet)
+        if args.action == "update":
+            replaced, added = index.update(emb, kept, labels, paths=True, metadata=metadata)
+            change = f"replaced {replaced}, added {added}; "
+        else:
+            index.add(emb, kept, labels, paths=True, metadata=metadata)
     index.save(folder)
-    print(f"index {folder}: {len(index)} images ({index.kind}, {index.dim}-d)")
+    where = f" on Milvus ({index.location})" if index.backend == "milvus" else ""
+    print(f"index {folder}: {change}{len(index)} images ({index.kind}, {index.dim}-d){where}")
     return 0
+
+
+def _new_index(args, model):
+    """An empty index for `index build`: local (faiss or torch) or Milvus (--backend milvus, or --uri)."""
+    from .errors import ConfigError
+    from .retrieval import EmbeddingIndex
+    from .retrieval.index import faiss_available
+
+    backend = args.backend or ("milvus" if args.uri else "local")
+    params = {"nlist": args.nlist, "nprobe": args.nprobe, "hnsw_m": args.hnsw_m, "ef_search": args.ef_search}
+    if backend == "milvus":
+        from .retrieval.milvus import MilvusIndex
+
+        if args.kind == "torch":
+            raise ConfigError("--kind torch is a local index; a Milvus index is --kind flat, ivf or hnsw")
+        return MilvusIndex(args.kind or "flat", model.dim, folder=args.out, uri=args.uri, model=model.source, **params)
+    if args.uri:
+        raise ConfigError(f"--uri {args.uri} is for --backend milvus; drop --uri, or use --backend milvus")
+    kind = args.kind or ("flat" if faiss_available() else "torch")
+    return EmbeddingIndex(kind, model.dim, model=model.source, **params)
+
+
+def _embed_items(images: str, model, index, quiet: bool):
+    """``(embeddings, paths, labels, metadata)`` of the readable images of a folder or CSV (CSV columns other than
+    path and label are the metadata); unreadable ones are reported and skipped."""
+    from .retrieval import list_items
+
+    paths, labels, metadata = list_items(images)
+    emb, kept, bad = model.embed_paths(paths, progress=not quiet)
+    _report_bad(bad)
+    position = {p: i for i, p in enumerate(paths)}
+    if metadata is not None:
+        metadata = [metadata[position[p]] for p in kept]
+    if labels is not None:
+        labels = [labels[position[p]] for p in kept]
+        if len(index) and index.labels is None:
+            print("deepmetric: the index has no labels, so the new images' labels are not stored", file=sys.stderr)
+            labels = None
+    return emb, kept, labels, metadata
+
+
+def _ids_to_delete(args) -> list[str]:
+    """The ids of `index delete`: --ids, and the lines of --ids-from (blank lines and # comments skipped)."""
+    from .errors import ConfigError
+
+    ids = list(args.ids or [])
+    if args.ids_from:
+        try:
+            text = Path(args.ids_from).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"--ids-from {args.ids_from}: cannot read it ({e.strerror or e})") from e
+        ids += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not ids:
+        raise ConfigError("index delete: give --ids ID ..., --ids-from FILE (one id per line) or --where FILTER")
+    return ids
 
 
 def cmd_search(args) -> int:
@@ -281,6 +335,7 @@ def cmd_search(args) -> int:
     from .errors import ConfigError
     from .retrieval import EmbeddingIndex, load
     from .retrieval.index import IncompleteResultsWarning, warnings_to_stderr
+    from .retrieval.matching import Match, decide, matching_rule
 
     with warnings_to_stderr():
         index = EmbeddingIndex.load(args.index_dir, root=args.root)
@@ -293,11 +348,15 @@ def cmd_search(args) -> int:
         index.params["nprobe"] = args.nprobe
     model = load(index.model["run_dir"], index.model.get("checkpoint", "best"), args.device)
     index.check_model(model.source)
+    threshold, calibration = matching_rule(model, args.threshold, required=args.match)
     emb, kept, bad = model.embed_paths(args.queries)  # an unreadable query is reported; the others are answered
     failed = dict(bad)
+    want = min(k, index.count(args.where)) if args.where else k  # a bad filter fails here, before any search
+    if args.where and not want:
+        print(f"deepmetric: no indexed item matches --where {args.where!r}", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IncompleteResultsWarning)  # reported per query below
-        answers = iter(index.query(emb.numpy(), k) if kept else [])
+        answers = iter(index.query(emb.numpy(), k, where=args.where) if kept else [])
     entries = []
     for q in args.queries:
         if q in failed:
@@ -305,9 +364,13 @@ def cmd_search(args) -> int:
             print(f"deepmetric: query failed: {failed[q]}", file=sys.stderr)
             continue
         hits = next(answers)
-        entry = {"query": q, "k": k, "complete": len(hits) == k, "results": hits}
-        if len(hits) < k:
-            entry["warning"] = f"only {len(hits)} of k = {k} hits: {index.shortfall_advice()}"
+        entry = {"query": q, "k": k, "complete": len(hits) == want, "results": hits}
+        if args.where:
+            entry["where"], entry["matching"] = args.where, index.count(args.where)
+        if threshold is not None and hits:  # the calibrated (or given) answer from the nearest hit
+            entry["match"] = decide(hits, threshold, calibration).as_dict()
+        if len(hits) < want:
+            entry["warning"] = f"only {len(hits)} of k = {want} hits: {index.shortfall_advice()}"
             print(f"deepmetric: {q}: {entry['warning']}", file=sys.stderr)
         entries.append(entry)
     if args.json:
@@ -319,7 +382,10 @@ def cmd_search(args) -> int:
                 print(f"  error: {entry['error']}")
             for rank, h in enumerate(entry["results"], 1):
                 label = f"  [{h['label']}]" if "label" in h else ""
-                print(f"  {rank:3d}. {h['distance']:.4f}  {h['id']}{label}")
+                extra = "".join(f"  {key}={value}" for key, value in (h.get("metadata") or {}).items())
+                print(f"  {rank:3d}. {h['distance']:.4f}  {h['id']}{label}{extra}")
+            if "match" in entry:
+                print(f"  {Match(**entry['match'])}")
     if failed:
         print(f"deepmetric: {sum(q in failed for q in args.queries)} of {len(args.queries)} queries failed",
               file=sys.stderr)  # fmt: skip
@@ -487,11 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output file (default RUN_DIR/model.onnx or model.pt)")
     ex.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |difference| to PyTorch")
     ex.set_defaults(func=cmd_export)
-    ix = sub.add_parser("index", help="build or extend a search index of images")
+    ix = sub.add_parser("index", help="build, extend, update or prune a search index of images")
     ix_sub = ix.add_subparsers(dest="action", required=True)
     ib = ix_sub.add_parser("build", help="embed images with a run's model and index them")
     ib.add_argument("run_dir", help="a run directory written by `deepmetric train`")
-    ib.add_argument("--images", required=True, help="a folder or a CSV with path,label")
+    ib.add_argument("--images", required=True,
+                    help="a folder or a CSV with path,label (other columns: metadata, for search --where)")  # fmt: skip
     ib.add_argument("--out", required=True, help="index directory to create")
     ib.add_argument("--checkpoint", choices=["best", "last"], default="best", help=CHECKPOINT_HELP)
     ib.add_argument(
@@ -501,11 +568,27 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--nprobe", type=int, default=16, help="ivf: cells searched per query")
     ib.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node")
     ib.add_argument("--ef-search", type=int, default=64, help="hnsw: search breadth")
+    ib.add_argument("--backend", choices=["local", "milvus"],
+                    help="local (faiss/torch files in the index directory; the default) or milvus (Milvus Lite: "
+                         "INDEX/milvus.db, or the Milvus server of --uri)")  # fmt: skip
+    ib.add_argument("--uri", help="milvus: a Milvus server (http://host:19530) instead of the Milvus Lite file; "
+                                  "implies --backend milvus")  # fmt: skip
     ia = ix_sub.add_parser("add", help="embed more images into an existing index (same model)")
     ia.add_argument("index_dir", help="an index directory made by `deepmetric index build`")
     ia.add_argument("--images", help="images to add: a folder or a CSV with path,label")
     ia.add_argument("--root", help="the folder the indexed images moved to (recorded in the index)")
-    for p in (ib, ia):
+    iu = ix_sub.add_parser("update", help="re-embed images: replace the indexed items with these ids, add the others")
+    iu.add_argument("index_dir", help="an index directory made by `deepmetric index build`")
+    iu.add_argument("--images", required=True, help="a folder or a CSV with path,label (+ metadata columns)")
+    iu.add_argument("--root", help="the folder the indexed images moved to (recorded in the index)")
+    idl = ix_sub.add_parser("delete", help="remove items by id (as search reports them) or by a --where filter")
+    idl.add_argument("index_dir", help="an index directory made by `deepmetric index build`")
+    which = idl.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ids", nargs="+", metavar="ID", help="ids to remove (image paths, as search prints them)")
+    which.add_argument("--ids-from", metavar="FILE", help="a file of ids to remove, one per line (# comments)")
+    which.add_argument("--where", metavar="FILTER", help="remove the items matching this filter (see search --where)")
+    idl.add_argument("--root", help="the folder the indexed images moved to (recorded in the index)")
+    for p in (ib, ia, iu):
         p.add_argument("--device", help=DEVICE_HELP)
         p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     ix.set_defaults(func=cmd_index)
@@ -516,6 +599,17 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true", help="print the hits as JSON")
     se.add_argument("--root", help="the folder the indexed images moved to (default: where the index records them)")
     se.add_argument("--nprobe", type=int, help="ivf: cells searched per query (default: the index's)")
+    se.add_argument("--where", metavar="FILTER",
+                    help="only items matching this filter, e.g. \"category == 'shoes' and price < 50\" (fields: "
+                         "metadata columns, label, id; == != < <= > >= in [...] not in [...] and or not)")  # fmt: skip
+    se.add_argument("--threshold", type=float,
+                    help="answer match / no match with this distance threshold (default: the run's calibrated one, "
+                         "when `deepmetric calibrate` made one)")  # fmt: skip
+    se.add_argument(
+        "--match",
+        action="store_true",
+        help="require a match answer: fail when the run has no calibration and no --threshold is given",
+    )
     se.add_argument("--device", help=DEVICE_HELP)
     se.set_defaults(func=cmd_search)
     sv = sub.add_parser("serve", help="a local web page to search an index with an image")

@@ -73,17 +73,12 @@ def _query(folder, run_dir, path, k=3, root=None):
 
 
 # ------------------------------------------------------------------------------------- atomic generations
-@pytest.mark.parametrize("point", ["generation", "vectors", "items", "pointer"])
-def test_sigkill_during_index_add_leaves_the_old_or_the_new_index(run, proj, tmp_path, point):
-    extra = proj / "extra" / "digit_3"
-    extra.mkdir(parents=True)
-    for i, f in enumerate(sorted((proj / "images" / "digit_3").iterdir())[:5]):  # new images: transposed digits
-        Image.open(f).transpose(Image.Transpose.TRANSPOSE).save(extra / f"extra{i}.png")
-    marker = tmp_path / "paused"
+def kill_at(args: list[str], point: str, tmp_path) -> None:
+    """Run ``deepmetric ARGS`` in a subprocess and SIGKILL it when its writer reaches ``point``."""
+    marker = tmp_path / f"paused-{point}"
     env = {**os.environ, PAUSE_ENV: f"{point}:{marker}"}
-    cmd = [sys.executable, "-m", "deepmetric", "index", "add", str(proj / "index"), "--images", str(proj / "extra"),
-           "--quiet"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "deepmetric", *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         deadline = time.monotonic() + 180
         while not marker.exists():
@@ -94,15 +89,50 @@ def test_sigkill_during_index_add_leaves_the_old_or_the_new_index(run, proj, tmp
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("point", ["generation", "vectors", "items", "pointer"])
+def test_sigkill_during_index_add_leaves_the_old_or_the_new_index(run, proj, tmp_path, point):
+    extra = proj / "extra" / "digit_3"
+    extra.mkdir(parents=True)
+    for i, f in enumerate(sorted((proj / "images" / "digit_3").iterdir())[:5]):  # new images: transposed digits
+        Image.open(f).transpose(Image.Transpose.TRANSPOSE).save(extra / f"extra{i}.png")
+    kill_at(["index", "add", str(proj / "index"), "--images", str(proj / "extra"), "--quiet"], point, tmp_path)
     expected = N + 5 if point == "pointer" else N  # committed only once meta.json points to the new generation
     query = extra / "extra0.png"
     index, hits = _query(proj / "index", run[0], query)
     assert len(index) == expected and all(Path(h["id"]).is_file() for h in hits)
     assert (hits[0]["id"] == str(query)) == (point == "pointer")
-    # the next writer cleans the unfinished generation and commits
-    assert main(["index", "add", str(proj / "index"), "--images", str(proj / "extra"), "--quiet"]) == 0
-    assert len(EmbeddingIndex.load(proj / "index")) == expected + 5
+    # the next writer cleans the unfinished generation and commits (update: the extras may be indexed already)
+    assert main(["index", "update", str(proj / "index"), "--images", str(proj / "extra"), "--quiet"]) == 0
+    assert len(EmbeddingIndex.load(proj / "index")) == N + 5
     assert len(list((proj / "index").glob("gen-*"))) == 2  # the current one and the previous one
+
+
+@pytest.mark.parametrize(("action", "point"), [("delete", "items"), ("delete", "pointer"), ("update", "vectors"),
+                                               ("update", "pointer")])  # fmt: skip
+def test_sigkill_during_index_delete_or_update_leaves_the_old_or_the_new_index(run, proj, tmp_path, action, point):
+    index = proj / "index"
+    changed, new = proj / "images" / "digit_3" / "1.png", proj / "images" / "digit_3" / "new.png"
+    Image.open(changed).transpose(Image.Transpose.TRANSPOSE).save(new)
+    if action == "delete":
+        args = ["index", "delete", str(index), "--ids", str(changed)]
+    else:  # a CSV: one indexed image (re-embedded as it is) and a new one
+        (proj / "changes.csv").write_text(f"path,label\n{changed},digit_3\n{new},digit_3\n")
+        args = ["index", "update", str(index), "--images", str(proj / "changes.csv"), "--quiet"]
+    kill_at(args, point, tmp_path)
+    done = point == "pointer"
+    loaded = EmbeddingIndex.load(index)
+    if action == "delete":
+        assert len(loaded) == (N - 1 if done else N) and (str(changed) in loaded.ids) != done
+        _, hits = _query(index, run[0], changed, k=1)
+        assert (hits[0]["id"] == str(changed)) != done
+    else:
+        assert len(loaded) == (N + 1 if done else N) and (str(new) in loaded.ids) == done
+        _, hits = _query(index, run[0], new, k=1)
+        assert (hits[0]["id"] == str(new)) == done
+    assert main(args) == (2 if action == "delete" and done else 0)  # the next writer (deleting it again: unknown)
+    assert len(list(index.glob("gen-*"))) <= 2
 
 
 def test_generations_are_pruned_and_a_stale_writer_is_refused(tmp_path):

@@ -100,6 +100,34 @@ def test_thresholds_given_by_hand_and_the_other_targets(run, gallery, capsys):
     assert "give precision=P, fmr=Q or f1" in capsys.readouterr().err
 
 
+def test_search_answers_match_from_the_calibration_or_a_threshold(run, gallery, capsys):
+    folder, queries = gallery
+    some = [q for q, _ in queries[::7]]
+    assert main(["calibrate", str(run), "--target", "precision=0.8", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(folder), *some, "-k", "3", "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    expected = deepmetric.load(run).match(some, folder)
+    answers = [Match(**e["match"]) for e in entries]
+    same = lambda m: (m.matched, m.label, round(m.distance, 6), m.confidence, m.threshold)  # noqa: E731 (ids may tie)
+    assert [same(m) for m in answers] == [same(m) for m in expected]  # the same answers as the Python API
+    assert main(["search", str(folder), some[0], "--threshold", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "  no match (nearest " in out and "> threshold 0.0000, confidence" in out
+    assert main(["search", str(folder), some[0], "--threshold", "2", "--json"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["match"]["matched"] and entry["match"]["id"] == entry["results"][0]["id"]
+    aside = run / "calibration.aside"
+    (run / CALIBRATION_FILE).rename(aside)
+    try:
+        assert main(["search", str(folder), some[0], "--json"]) == 0  # uncalibrated: hits only
+        assert "match" not in json.loads(capsys.readouterr().out)[0]
+        assert main(["search", str(folder), some[0], "--match"]) == 2
+        assert "has no calibration" in capsys.readouterr().err
+    finally:
+        aside.rename(run / CALIBRATION_FILE)
+
+
 def test_missing_stale_or_broken_calibrations_are_named(run, gallery, tmp_path, capsys):
     folder, queries = gallery
     copy = tmp_path / "run"

@@ -2,6 +2,6 @@
 
 from .index import KINDS, EmbeddingIndex
 from .model import EmbeddingModel, load
-from .sources import list_images
+from .sources import list_images, list_items
 
-__all__ = ["KINDS", "EmbeddingIndex", "EmbeddingModel", "list_images", "load"]
+__all__ = ["KINDS", "EmbeddingIndex", "EmbeddingModel", "list_images", "list_items", "load"]

@@ -10,7 +10,8 @@ On disk (format 2) an index directory holds generations and a pointer::
     meta.json                 the pointer: format, generation, kind, dim, count, params, model, image root and the
                               sha256 of each file of the generation; replaced atomically (the commit)
     gen-000007/index.faiss    the vectors (embeddings.npy for the torch kind), + index.faiss.sha256
-    gen-000007/items.json     ids (image paths relative to the image root) and labels, + items.json.sha256
+    gen-000007/items.json     ids (image paths relative to the image root), labels and (when given) each item's
+                              metadata, + items.json.sha256
     gen-000006/               the previous generation, kept for readers still loading it; older ones are removed
 
 `save` writes a new generation completely (each file fsynced, with its hash), then replaces ``meta.json``: a kill at
@@ -20,6 +21,16 @@ relative to the index directory (with its absolute path as a fallback), so an in
 and moves with its images; ``load(root=DIR)`` re-points them to images moved elsewhere. Indexes of the earlier flat
 layout (``meta.json`` with the ids, vectors beside it, no hashes) are still read, unchecked, with a warning.
 Adding embeddings of another dimension, or of another model, is an error.
+
+Maintenance: `delete` (by id or by filter) and `update` (replace the items whose id exists, add the others) change the
+index in memory; `save` commits the change as one new generation. Items may carry metadata (a dict per item: CSV
+columns, say); `query(..., where="category == 'shoes'")` returns the true top-k among the items matching a filter
+(`filters`): exactly over the matching vectors when they are at most ``EXACT_FILTER_FRACTION`` of the index (or
+``EXACT_FILTER_MIN`` items), otherwise with faiss's selector (flat: exact; ivf/hnsw: the index's own approximation,
+with nprobe / ef_search widened by N / matching so as many matching candidates are examined as an unfiltered search
+examines items, falling back to the exact search over the subset when it finds fewer than k). An index directory
+whose ``meta.json`` says ``"backend": "milvus"`` is loaded as a `deepmetric.retrieval.milvus.MilvusIndex`, with the
+same interface.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import contextlib
 import hashlib
 import io
 import json
+import keyword
 import math
 import os
 import re
@@ -45,6 +57,7 @@ from ..data.files import IMAGE_EXTENSIONS
 from ..errors import ConfigError, RunError
 from ..evaluation.knn import faiss_available, iter_knn
 from ..integrity import IntegrityError, atomic_write_bytes, fsync_dir, remove_stale_tmp, write_with_hash
+from .filters import Filter, parse
 
 KINDS = ("flat", "ivf", "hnsw", "torch")
 FORMAT = 2
@@ -54,6 +67,9 @@ ITEMS = "items.json"
 _GENERATION = re.compile(r"^gen-(\d{6,})$")
 PAUSE_ENV = "DEEPMETRIC_TEST_INDEX_PAUSE"  # tests: "POINT:MARKER" makes `save` touch MARKER and sleep at POINT
 REBUILD = "rebuild it with `deepmetric index build`"
+RESERVED_FIELDS = ("id", "label")  # filter fields every item has (label: when the index has labels)
+EXACT_FILTER_FRACTION = 0.1  # a filter matching at most this share of the items is searched exactly over them ...
+EXACT_FILTER_MIN = 10_000  # ... or at most this many items
 
 
 class IndexWarning(UserWarning):
@@ -98,6 +114,58 @@ def _locate(folder: str, stored: str | None, absolute: str | None) -> str | None
     return relative if os.path.exists(relative) or absolute is None else absolute
 
 
+def checked_batch(embeddings, ids, labels, paths: bool, dim: int, has_labels: bool | None,
+                  id_type: str | None) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
+    """``(N × dim float tensor, ids)`` of a batch to add, checked for an index of dimension ``dim`` whose items have
+    labels or not (``has_labels``; None: either, the index is empty) and ids of ``id_type`` ("path", "name" or None);
+    path ids are made absolute. Every backend's ``add`` and ``update`` goes through it."""
+    x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
+    if x.dim() != 2 or x.shape[1] != dim:
+        raise ConfigError(f"embeddings of shape {tuple(x.shape)} do not fit this index of dimension {dim}: "
+                          f"give N × {dim} embeddings of the index's model")  # fmt: skip
+    if len(ids) != x.shape[0]:
+        raise ValueError(f"{x.shape[0]} embeddings but {len(ids)} ids")
+    if labels is not None and len(labels) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(labels)} labels")
+    if has_labels is not None and (labels is not None) != has_labels:
+        raise ValueError("this index " + ("has labels: give labels" if has_labels else "has no labels"))
+    if id_type is not None and id_type != ("path" if paths else "name"):
+        raise ValueError(f"this index's ids are {'image paths' if id_type == 'path' else 'names'}: add "
+                         f"with paths={id_type == 'path'}")  # fmt: skip
+    if not torch.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or Inf")
+    return x, [os.path.abspath(str(i)) for i in ids] if paths else [str(i) for i in ids]
+
+
+def check_metadata(metadata: list | None, n: int) -> list[dict] | None:
+    """``metadata`` (one dict per item, or None) checked: names usable in filters (identifiers, not keywords, not
+    id/label), values str, int, float (finite), bool or None. Returns plain copies without the None values."""
+    if metadata is None:
+        return None
+    if len(metadata) != n:
+        raise ValueError(f"{n} ids but {len(metadata)} metadata entries")
+    out = []
+    for row in metadata:
+        if not isinstance(row, dict):
+            raise ValueError(f"metadata must be one dict per item, got {type(row).__name__}")
+        clean = {}
+        for key, value in row.items():
+            if not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key) or key in RESERVED_FIELDS:
+                raise ConfigError(f"metadata field {key!r} cannot be used: names are identifiers (letters, digits, "
+                                  "_; not starting with a digit), not Python keywords, not id or label")  # fmt: skip
+            if isinstance(value, np.generic):
+                value = value.item()
+            if value is not None and not isinstance(value, str | int | float | bool):
+                raise ConfigError(f"metadata field {key!r}: value {value!r} is a {type(value).__name__}; give a "
+                                  "string, number, boolean or None")  # fmt: skip
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"metadata field {key!r}: value {value!r} is not finite")
+            if value is not None:  # None: no value (not stored)
+                clean[key] = value
+        out.append(clean)
+    return out
+
+
 def _relative_to(folder: str, path: str) -> str:
     """``path`` relative to ``folder`` with ``/`` separators, or absolute when it is on another drive."""
     try:
@@ -123,8 +191,12 @@ class EmbeddingIndex:
         self.id_type: str | None = None  # "path" (absolute image paths in memory) or "name"; None while empty
         self._vectors = torch.empty(0, self.dim)  # torch kind
         self._faiss = None
+        self.metadata: list[dict] | None = None  # per item, when any item was added with metadata
         self._source: tuple[str, str | None] | None = None  # (index folder, generation) this index was loaded from
         self._legacy = False
+        self._masks: dict[str, np.ndarray] = {}  # filter text → matching items (cleared on every change)
+
+    backend = "local"
 
     # ------------------------------------------------------------------------------------------ building
     def _make_faiss(self, train: np.ndarray):
@@ -147,27 +219,30 @@ class EmbeddingIndex:
         index.train(train)
         return index
 
-    def add(self, embeddings, ids: list[str], labels: list | None = None, *, paths: bool = False) -> None:
-        """Add N embeddings (normalised here) with their ids (and labels, if the index has labels). With
-        ``paths=True`` the ids are image paths: kept absolute in memory, saved relative to the index directory."""
-        x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
-        if x.dim() != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"embeddings of shape {tuple(x.shape)} do not fit this index of dimension {self.dim}")
-        if len(ids) != x.shape[0]:
-            raise ValueError(f"{x.shape[0]} embeddings but {len(ids)} ids")
-        if labels is not None and len(labels) != len(ids):
-            raise ValueError(f"{len(ids)} ids but {len(labels)} labels")
-        if self.ids and (labels is None) != (self.labels is None):
-            raise ValueError(
-                "this index " + ("has labels: give labels" if self.labels is not None else "has no labels")
-            )
-        id_type = "path" if paths else "name"
-        if self.ids and self.id_type != id_type:
-            raise ValueError(f"this index's ids are {'image paths' if self.id_type == 'path' else 'names'}: add "
-                             f"with paths={self.id_type == 'path'}")  # fmt: skip
-        if not torch.isfinite(x).all():
-            raise ValueError("embeddings contain NaN or Inf")
-        x = F.normalize(x, dim=1)
+    def _batch(self, embeddings, ids, labels, paths: bool, metadata) -> tuple[torch.Tensor, list[str], list | None]:
+        """A batch to add, checked against this index (nothing changes): normalised vectors, ids, metadata."""
+        has_labels = None if not self.ids else self.labels is not None
+        id_type = self.id_type if self.ids else None
+        x, new = checked_batch(embeddings, ids, labels, paths, self.dim, has_labels, id_type)
+        twice = sorted({i for i in new if new.count(i) > 1})
+        if twice:
+            raise ConfigError(f"{len(twice)} ids are given twice (e.g. {twice[0]!r}): an id names one item")
+        return F.normalize(x, dim=1), new, check_metadata(metadata, len(new))
+
+    def add(self, embeddings, ids: list[str], labels: list | None = None, *, paths: bool = False,
+            metadata: list[dict] | None = None) -> None:  # fmt: skip
+        """Add N embeddings (normalised here) with their ids (and labels, if the index has labels; and metadata: one
+        dict per item, of strings, numbers, booleans). With ``paths=True`` the ids are image paths: kept absolute in
+        memory, saved relative to the index directory. An id already in the index is an error (see `update`)."""
+        x, new, metadata = self._batch(embeddings, ids, labels, paths, metadata)
+        present = self._positions_of(new)
+        if present:
+            example = next(iter(present))
+            raise ConfigError(f"{len(present)} of the {len(new)} items to add are already indexed (e.g. {example}): "
+                              "use update (`deepmetric index update`) to replace them")  # fmt: skip
+        self._append(x, new, labels, "path" if paths else "name", metadata)
+
+    def _append(self, x: torch.Tensor, ids: list[str], labels, id_type: str, metadata) -> None:
         if self.kind == "torch":
             self._vectors = torch.cat([self._vectors, x])
         elif len(x):
@@ -175,10 +250,125 @@ class EmbeddingIndex:
             if self._faiss is None:
                 self._faiss = self._make_faiss(data)
             self._faiss.add(data)
-        self.ids += [os.path.abspath(str(i)) for i in ids] if paths else [str(i) for i in ids]
+        before = len(self.ids)
+        self.ids += ids
         self.id_type = self.id_type or id_type
         if labels is not None:
             self.labels = (self.labels or []) + list(labels)
+        if metadata is not None or self.metadata is not None:
+            self.metadata = (self.metadata or [{} for _ in range(before)]) + (metadata or [{} for _ in ids])
+        self._masks.clear()
+
+    def update(self, embeddings, ids: list[str], labels: list | None = None, *, paths: bool = False,
+               metadata: list[dict] | None = None) -> tuple[int, int]:  # fmt: skip
+        """Replace the items whose id is already indexed (vector, label, metadata) and add the others; returns
+        ``(replaced, added)``. Nothing changes when the batch does not fit the index."""
+        x, new, metadata = self._batch(embeddings, ids, labels, paths, metadata)
+        present = self._positions_of(new)
+        if present:
+            self._keep(~np.isin(np.arange(len(self)), list(present.values())))
+        self._append(x, new, labels, "path" if paths else "name", metadata)
+        return len(present), len(new) - len(present)
+
+    def delete(self, ids: list[str] | None = None, *, where: str | Filter | None = None) -> list[str]:
+        """Remove the items with these ids (as `query` reports them, or relative to the image root as stored) or
+        those matching ``where``; returns the removed ids. An unknown id is a `ConfigError` and nothing is removed."""
+        if (ids is None) == (where is None):
+            raise ConfigError("delete: give the ids to delete or a where filter (one of them)")
+        if where is not None:
+            drop = self.where_mask(where)
+        else:
+            drop = np.zeros(len(self), dtype=bool)
+            drop[self.resolve_ids(ids)] = True
+        removed = [i for i, d in zip(self.ids, drop.tolist(), strict=True) if d]
+        if removed:
+            self._keep(~drop)
+        return removed
+
+    def resolve_ids(self, given: list[str]) -> list[int]:
+        """The positions of ``given`` ids (as reported, cwd-relative image paths, or as stored); a `ConfigError` names
+        the unknown ones."""
+        known = {i: n for n, i in enumerate(self.ids)}
+        stored = self._relative_ids() if self.id_type == "path" else []
+        for n, i in enumerate(stored):
+            known.setdefault(i, n)
+        positions, unknown = [], []
+        for g in dict.fromkeys(str(i) for i in given):
+            n = known.get(g, known.get(os.path.abspath(g)) if self.id_type == "path" else None)
+            (unknown.append(g) if n is None else positions.append(n))
+        if unknown:
+            example = (f" (e.g. {self.ids[0]!r}" + (f" or {stored[0]!r}" if stored else "") + ")") if self.ids else ""
+            raise ConfigError(f"{len(unknown)} of {len(given)} ids are not in the index: {', '.join(unknown[:5])}"
+                              f"{' …' if len(unknown) > 5 else ''}; give ids as search reports them{example}; nothing "
+                              "was changed")  # fmt: skip
+        return positions
+
+    def _positions_of(self, ids: list[str]) -> dict[str, int]:
+        """``{id: position}`` for those of ``ids`` already indexed."""
+        known = {i: n for n, i in enumerate(self.ids)}
+        return {i: known[i] for i in ids if i in known}
+
+    def _keep(self, keep: np.ndarray) -> None:
+        """Keep only the items where ``keep`` is true (the faiss index is refilled with the kept vectors)."""
+        keep = np.asarray(keep, dtype=bool)
+        if self.kind == "torch":
+            self._vectors = self._vectors[torch.from_numpy(keep)]
+        elif self._faiss is not None:
+            vectors = self._all_vectors()[keep]
+            self._faiss.reset()  # ivf keeps its trained cells; hnsw rebuilds its graph
+            if len(vectors):
+                self._faiss.add(np.ascontiguousarray(vectors))
+        self.ids = [i for i, k in zip(self.ids, keep.tolist(), strict=True) if k]
+        if self.labels is not None:
+            self.labels = [v for v, k in zip(self.labels, keep.tolist(), strict=True) if k]
+        if self.metadata is not None:
+            self.metadata = [v for v, k in zip(self.metadata, keep.tolist(), strict=True) if k]
+        self._masks.clear()
+
+    def _all_vectors(self) -> np.ndarray:
+        if self.kind == "torch":
+            return self._vectors.numpy()
+        if self._faiss is None or not self._faiss.ntotal:
+            return np.empty((0, self.dim), dtype=np.float32)
+        self._direct_map()
+        return self._faiss.reconstruct_n(0, self._faiss.ntotal)
+
+    def _subset_vectors(self, positions: np.ndarray) -> torch.Tensor:
+        if self.kind == "torch":
+            return self._vectors[torch.from_numpy(positions)]
+        self._direct_map()
+        return torch.from_numpy(self._faiss.reconstruct_batch(positions.astype(np.int64)))
+
+    def _direct_map(self) -> None:
+        """ivf: the id → list position map that reconstructing vectors needs (made once, kept when saved)."""
+        if self.kind == "ivf" and self._faiss.direct_map.type == 0:
+            self._faiss.make_direct_map()
+
+    # ------------------------------------------------------------------------------------------ filters
+    def fields(self) -> list[str]:
+        """The field names a ``where`` filter may use: id, label (when the index has labels), the metadata keys."""
+        names = {key for row in self.metadata or [] for key in row}
+        return ["id", *(["label"] if self.labels is not None else []), *sorted(names)]
+
+    def where_mask(self, where: str | Filter) -> np.ndarray:
+        """Which items match the filter (a `ConfigError` for one that does not parse or names an unknown field)."""
+        text = where.text if isinstance(where, Filter) else where
+        if text not in self._masks:
+            parsed = parse(text, self.fields())
+            self._masks.clear()
+            self._masks[text] = parsed.mask(self._column, len(self))
+        return self._masks[text]
+
+    def _column(self, field: str) -> list:
+        if field == "id":
+            return self.ids
+        if field == "label":
+            return self.labels
+        return [row.get(field) for row in self.metadata or [{}] * len(self)]
+
+    def count(self, where: str | Filter | None = None) -> int:
+        """The number of items (matching ``where``, when given)."""
+        return len(self) if where is None else int(self.where_mask(where).sum())
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -193,26 +383,69 @@ class EmbeddingIndex:
             raise ConfigError(f"k = {k!r} is out of range for this index of {n} items: give 1 ≤ k ≤ {n}")
         return int(k)
 
-    def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int = 10, *, where: str | Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, positions)``: Q × min(k, N) cosine similarities (best first) and positions into ``ids``; a
-        position is −1 where an approximate index found fewer neighbours. ``k < 1`` is a `ConfigError`."""
+        position is −1 where an approximate index found fewer neighbours. ``k < 1`` is a `ConfigError`. With
+        ``where``, only the matching items (Q × min(k, matching)); see the module doc for how."""
         q = F.normalize(torch.as_tensor(np.asarray(queries), dtype=torch.float32).reshape(-1, self.dim), dim=1)
         if not len(self):
             raise ValueError("the index is empty")
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k = {k!r} is out of range: give 1 ≤ k ≤ {len(self)} (the number of indexed items)")
+        if where is not None:
+            return self._search_subset(q, int(k), np.flatnonzero(self.where_mask(where)))
         k = min(int(k), len(self))
         if self.kind == "torch":
-            chunks = list(iter_knn(q, self._vectors, k))
-            idx = torch.cat([c.indices for c in chunks]).numpy()
-            scores = torch.cat([c.scores for c in chunks]).numpy()
-            return scores, idx
+            return self._exact(q, self._vectors, k)
+        self._set_search_params(k)
+        scores, idx = self._faiss.search(np.ascontiguousarray(q.numpy()), k)
+        return scores, idx
+
+    def _set_search_params(self, k: int) -> None:
         if self.kind == "ivf":
             self._faiss.nprobe = self.params["nprobe"]
         if self.kind == "hnsw":
             self._faiss.hnsw.efSearch = max(self.params["ef_search"], k)
-        scores, idx = self._faiss.search(np.ascontiguousarray(q.numpy()), k)
+
+    @staticmethod
+    def _exact(q: torch.Tensor, vectors: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        chunks = list(iter_knn(q, vectors, k))
+        idx = torch.cat([c.indices for c in chunks]).numpy()
+        scores = torch.cat([c.scores for c in chunks]).numpy()
         return scores, idx
+
+    def _search_subset(self, q: torch.Tensor, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The top-k among the items at ``positions``: exact over their vectors when they are few (or the kind is
+        exact anyway), else faiss with a selector, falling back to exact when it finds fewer than k."""
+        k = min(k, len(positions))
+        if not k:
+            return np.empty((len(q), 0), dtype=np.float32), np.empty((len(q), 0), dtype=np.int64)
+        few = len(positions) <= max(EXACT_FILTER_MIN, EXACT_FILTER_FRACTION * len(self))
+        if self.kind != "torch" and not few:
+            scores, idx = self._selector_search(q, k, positions)
+            if (idx >= 0).all():
+                return scores, idx
+        scores, idx = self._exact(q, self._subset_vectors(positions), k)
+        return scores, positions[idx]
+
+    def _selector_search(self, q: torch.Tensor, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        selector = faiss.IDSelectorBatch(positions.astype(np.int64))
+        widen = len(self) / len(positions)  # search as many matching candidates as an unfiltered search would
+        if self.kind == "ivf":
+            nprobe = min(self.params["nlist"], math.ceil(self.params["nprobe"] * widen))
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        elif self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(
+                sel=selector, efSearch=math.ceil(max(self.params["ef_search"], k) * widen)
+            )
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        # faiss.contrib.torch_utils (imported by pytorch-metric-learning's inference utilities) replaces `search` with
+        # one that drops `params`; faiss's own method stays reachable as `search_numpy`
+        search = getattr(self._faiss, "search_numpy", self._faiss.search)
+        return search(np.ascontiguousarray(q.numpy()), k, params=params)
 
     def shortfall_advice(self) -> str:
         """How to get all k hits from this kind of index."""
@@ -223,10 +456,11 @@ class EmbeddingIndex:
             return f"the hnsw search (ef_search={self.params['ef_search']}) stopped early; raise ef_search"
         return "the index holds fewer items"
 
-    def query(self, queries, k: int = 10) -> list[list[dict]]:
-        """Per query, the k nearest ``{"id", "score", "distance"[, "label"]}`` (at most N). When an approximate index
-        finds fewer than min(k, N), an `IncompleteResultsWarning` says so."""
-        scores, idx = self.search(queries, k)
+    def query(self, queries, k: int = 10, *, where: str | Filter | None = None) -> list[list[dict]]:
+        """Per query, the k nearest ``{"id", "score", "distance"[, "label"][, "metadata"]}`` (at most N; with
+        ``where``, among the items matching that filter). When an approximate index finds fewer than min(k, N), an
+        `IncompleteResultsWarning` says so."""
+        scores, idx = self.search(queries, k, where=where)
         out = []
         for srow, irow in zip(scores, idx, strict=True):
             hits = []
@@ -236,9 +470,11 @@ class EmbeddingIndex:
                 hit = {"id": self.ids[i], "score": s, "distance": math.sqrt(max(0.0, 2 - 2 * s))}
                 if self.labels is not None:
                     hit["label"] = self.labels[i]
+                if self.metadata is not None:
+                    hit["metadata"] = dict(self.metadata[i])
                 hits.append(hit)
             out.append(hits)
-        want = min(int(k), len(self))
+        want = min(int(k), self.count(where))
         short = [len(h) for h in out if len(h) < want]
         if short:
             warnings.warn(
@@ -262,17 +498,31 @@ class EmbeddingIndex:
 
         return faiss.serialize_index(self._faiss).tobytes()
 
+    def _image_root(self) -> str | None:
+        """The image paths' common folder (None: ids are names, or the images are on several drives)."""
+        if self.id_type != "path" or not self.ids:
+            return None
+        try:
+            return os.path.commonpath(sorted({os.path.dirname(i) for i in self.ids}))
+        except ValueError:
+            return None
+
+    def _relative_ids(self) -> list[str]:
+        """The ids as saved: image paths relative to their common folder (names, or absolute paths, unchanged)."""
+        root = self._image_root()
+        if root is None:
+            return list(self.ids)
+        prefix = root if root.endswith(os.sep) else root + os.sep
+        return [i[len(prefix) :].replace(os.sep, "/") for i in self.ids]
+
     def _stored_ids(self, folder: str) -> tuple[list[str], dict]:
         """The ids as saved, and the pointer's image-root fields (paths: relative to their common folder)."""
         if self.id_type != "path" or not self.ids:
             return list(self.ids), {}
-        try:
-            root = os.path.commonpath(sorted({os.path.dirname(i) for i in self.ids}))
-        except ValueError:  # on several drives: absolute ids
+        root = self._image_root()
+        if root is None:  # on several drives: absolute ids
             return list(self.ids), {"image_root": None, "image_root_absolute": None}
-        prefix = root if root.endswith(os.sep) else root + os.sep
-        ids = [i[len(prefix) :].replace(os.sep, "/") for i in self.ids]
-        return ids, {"image_root": _relative_to(folder, root), "image_root_absolute": root}
+        return self._relative_ids(), {"image_root": _relative_to(folder, root), "image_root_absolute": root}
 
     def _check_legacy_paths(self, folder: Path) -> None:
         """Refuse to convert an old-layout index whose cwd-relative image paths do not resolve from here."""
@@ -310,7 +560,10 @@ class EmbeddingIndex:
                 files[name] = write_with_hash(gen / name, lambda f: f.write(data))
             _pause("vectors")
             ids, roots = self._stored_ids(where)
-            items = json.dumps({"ids": ids, "labels": self.labels}).encode()
+            record = {"ids": ids, "labels": self.labels}
+            if self.metadata is not None:
+                record["metadata"] = self.metadata
+            items = json.dumps(record).encode()
             files[ITEMS] = write_with_hash(gen / ITEMS, lambda f: f.write(items))
             fsync_dir(gen)
             _pause("items")
@@ -350,6 +603,10 @@ class EmbeddingIndex:
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
             raise IntegrityError(f"{pointer} cannot be read ({e}): the index pointer is corrupt; {REBUILD}") from e
+        if meta.get("backend") == "milvus":
+            from .milvus import MilvusIndex
+
+            return MilvusIndex.load(folder, root=root, meta=meta)
         if "format" not in meta:
             return cls._load_legacy(folder, meta, root)
         if meta["format"] != FORMAT:
@@ -384,10 +641,10 @@ class EmbeddingIndex:
             raise IntegrityError(f"{pointer} lists unexpected files {sorted(unknown)} or lacks {ITEMS}; {REBUILD}")
         try:
             items = json.loads(_read_checked(gen / ITEMS, files[ITEMS], pointer))
-            ids, labels = items["ids"], items["labels"]
-        except (ValueError, KeyError, TypeError) as e:
+            ids, labels, metadata = items["ids"], items["labels"], items.get("metadata")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise IntegrityError(f"{gen / ITEMS} cannot be parsed ({e}); {REBUILD}") from e
-        if len(ids) != count or (labels is not None and len(labels) != count):
+        if len(ids) != count or any(v is not None and len(v) != count for v in (labels, metadata)):
             raise IntegrityError(f"{gen / ITEMS} holds {len(ids)} ids for {count} items; {REBUILD}")
         stored = 0
         if vector_name in files:
@@ -407,7 +664,7 @@ class EmbeddingIndex:
                 raise IntegrityError(f"{gen / vector_name} holds {dim}-d vectors, {pointer} says {index.dim}")
         if stored != count:
             raise IntegrityError(f"{gen}: {stored} stored vectors but {count} items; the index is corrupt; {REBUILD}")
-        index.id_type, index.labels = meta.get("id_type"), labels
+        index.id_type, index.labels, index.metadata = meta.get("id_type"), labels, metadata
         if index.id_type == "path":
             index.ids = index._resolve_paths(folder, ids, meta.get("image_root"), meta.get("image_root_absolute"), root)
         elif root is not None:

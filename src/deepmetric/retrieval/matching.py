@@ -16,6 +16,7 @@ neighbours, so precision falls: calibrate on a set of the size and kind you sear
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -122,6 +123,20 @@ def load_calibration(run_dir: str | Path, checkpoint_sha256: str | None = None, 
             "--checkpoint NAME` for the checkpoint you search with"
         )
     return Calibration(record, path)
+
+
+def matching_rule(model, threshold: float | None = None, *, required: bool = False):
+    """``(threshold, calibration)`` for answering match / no match with ``model`` (an `EmbeddingModel`): the given
+    threshold (with the run's confidence curve when it has a valid one), else the run's calibrated one; ``(None,
+    None)`` when neither and not ``required`` (then a `ConfigError` saying how to calibrate). A calibration made for
+    other weights is an error, unless a threshold was given."""
+    if threshold is not None:
+        calibration = None
+        with contextlib.suppress(ConfigError):
+            calibration = model.calibration(required=False)
+        return check_threshold(threshold), calibration
+    calibration = model.calibration(required=required)
+    return (calibration.threshold, calibration) if calibration is not None else (None, None)
 
 
 def calibrate_run(run_dir: str | Path, target: Target | str = "precision=0.95", *, checkpoint: str = "best",

@@ -53,7 +53,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ConfigError
 from .index import EmbeddingIndex
-from .matching import check_threshold, decide
+from .matching import decide, matching_rule
 from .model import EmbeddingModel
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -219,7 +219,7 @@ class SearchService:
             raise ValueError(f"{index_dir} records no model; build it with `deepmetric index build`")
         self.model = EmbeddingModel.load(model["run_dir"], model.get("checkpoint", "best"), device)
         self.index.check_model(self.model.source)
-        self.threshold, self.calibration = _matching(self.model, threshold)
+        self.threshold, self.calibration = matching_rule(self.model, threshold)
         self.max_upload = int(max_upload_mb * 1024 * 1024)
         self.max_upload_mb = max_upload_mb
         self.max_pixels, self.timeout = int(max_pixels), float(timeout)
@@ -318,18 +318,6 @@ class SearchService:
         return (PAGE.replace("__COUNT__", str(len(self.index))).replace("__KIND__", html.escape(self.index.kind))
                 .replace("__MODEL__", html.escape(str(self.index.model.get("run_dir", "?"))))
                 .replace("__MATCHING__", html.escape(self.matching_line())).replace("__NONCE__", nonce))  # fmt: skip
-
-
-def _matching(model: EmbeddingModel, threshold: float | None):
-    """``(threshold, calibration)``: the given threshold (with the run's confidence curve when it has a valid one),
-    else the run's calibrated one; ``(None, None)`` when neither. A calibration of other weights is an error."""
-    if threshold is not None:
-        calibration = None
-        with contextlib.suppress(ConfigError):
-            calibration = model.calibration(required=False)
-        return check_threshold(threshold), calibration
-    calibration = model.calibration(required=False)
-    return (calibration.threshold, calibration) if calibration is not None else (None, None)
 
 
 def parse_multipart(content_type: str, body: bytes) -> tuple[bytes, dict[str, str]]:
