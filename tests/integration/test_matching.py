@@ -243,3 +243,19 @@ def test_the_search_page_shows_the_match_in_headless_chromium(run, gallery):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_the_calibration_benchmark_chooses_on_val_and_measures_on_test(run):
+    """benchmarks/calibration.py: the threshold `deepmetric calibrate` would write, and its rates on the test split."""
+    from benchmarks.calibration import measure, table
+    from deepmetric.retrieval.matching import calibrate_run
+
+    out = measure(str(run), ["precision=0.8", "f1"])
+    record = calibrate_run(run, "f1", progress=False)
+    assert out["f1"]["threshold"] == pytest.approx(record["threshold"])
+    assert out["precision=0.8"]["val"]["precision"] >= 0.8
+    for found in out.values():
+        assert set(found["test"]) >= {"precision", "recall", "accepted", "fmr"}
+        assert all(0 <= found["test"][c] <= 1 for c in ("precision", "recall", "accepted", "fmr"))
+    lines = table({str(run): out}, ["precision=0.8", "f1"])
+    assert len(lines) == 4 and lines[2].startswith("| precision=0.8 | 1 | ")
