@@ -125,7 +125,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of each process")
     ap.add_argument("--write", help="markdown file rewritten with the tables as runs finish")
     args = ap.parse_args(argv)
-    from deepmetric.training.trainer import TrainingInterrupted  # --jobs 1 trains here: the trainer's own stop
+    from deepmetric.training import TrainingInterrupted  # --jobs 1 trains here: the trainer's own stop
 
     started = time.monotonic()
     tables = [plan(*row, args) for row in GRID if row[0] in args.only]

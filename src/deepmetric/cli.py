@@ -8,14 +8,11 @@ import sys
 from pathlib import Path
 
 
-def _parse_options(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"deepmetric: --option expects KEY=VALUE, got {pair!r}")
-        out[key] = value
-    return out
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    """``datasets info --option KEY=VALUE``: the loader's keyword arguments, through the one KEY=VALUE parser."""
+    from .config import parse_overrides
+
+    return dict(item.partition("=")[::2] for item in parse_overrides(pairs))
 
 
 def cmd_datasets(args) -> int:

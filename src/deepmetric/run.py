@@ -2,7 +2,7 @@
 
 - `build_method(cfg, in_channels, num_classes)`: model (backbone + the method's heads) and method — no data needed.
 - `build_data(cfg, device)`: dataset table, protocol splits, datasets, the class-balanced sampler and the train /
-  eval augmentation (`RunData`).
+  eval augmentation (`RunData`); `build_train_loader` its training batches.
 - `load_run(run_dir, checkpoint)`: a finished (or interrupted) run for every reader — the Python API, ``evaluate``,
   ``embed``, ``report``, MLRC, `EmbeddingModel`: the method with its weights from the checkpoint's metadata alone;
   the data only when a reader asks for a split (`LoadedRun.data`).
@@ -20,7 +20,16 @@ import torch
 
 from . import distributed
 from .config import Config, load_config
-from .data import BatchAugment, ClassBalancedBatchSampler, ImageDataset, ImageTable, Splits, load_dataset, make_splits
+from .data import (
+    BatchAugment,
+    ClassBalancedBatchSampler,
+    ImageDataset,
+    ImageTable,
+    Splits,
+    collate_batch,
+    load_dataset,
+    make_splits,
+)
 from .data.images import resolve_load_size
 from .precision import DTYPES
 
@@ -115,6 +124,16 @@ def build_data(cfg: Config, device: torch.device | str = "cpu") -> RunData:
     train_aug = BatchAugment(cfg.augment, train=True).to(device)
     eval_aug = BatchAugment(cfg.augment, train=False).to(device)
     return RunData(table, splits, train_classes, train_set, val_set, test_set, sampler, train_aug, eval_aug)
+
+
+def build_train_loader(data: RunData, cfg: Config, device: torch.device) -> torch.utils.data.DataLoader:
+    """Training batches in the sampler's order. The loader has a private generator: creating an iterator must not
+    draw from the global RNG (methods draw from it, and a resumed run creates one more iterator than an
+    uninterrupted one)."""
+    return torch.utils.data.DataLoader(
+        data.train_set, batch_sampler=data.sampler, collate_fn=collate_batch, num_workers=cfg.data.workers,
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.train.seed),
+    )  # fmt: skip
 
 
 def embed_split_of(method, data: RunData, split: str, cfg: Config, device, *, progress: bool = False,

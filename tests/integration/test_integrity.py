@@ -114,14 +114,14 @@ def test_log_holds_each_record_once_after_a_stop_before_the_first_checkpoint(ref
 
 def test_log_holds_the_test_record_once_after_a_stop_during_the_final_evaluation(reference, digits_config, tmp_path,
                                                                                  monkeypatch):  # fmt: skip
-    import deepmetric.training.trainer as trainer_module
+    import deepmetric.training.outcome as outcome_module
 
     run_dir = tmp_path / "run"
 
     def crash(path, obj):
         raise KeyboardInterrupt  # killed after the test record, before metrics.json
 
-    monkeypatch.setattr(trainer_module, "write_json", crash)
+    monkeypatch.setattr(outcome_module, "write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         deepmetric.train(digits_config, output=run_dir, quiet=True, **SETTINGS)
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Evaluation: exact chunked k-NN retrieval metrics, pair verification metrics and clustering metrics (DESIGN §5)."""
+"""Exact chunked k-NN retrieval metrics, pair verification metrics and clustering metrics (docs/metrics.md)."""
 
 from .clustering import clustering_metrics, kmeans
 from .inputs import encode_labels

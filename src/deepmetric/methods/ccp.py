@@ -157,12 +157,12 @@ class CCPMethod(Method):
     def check_config(cls, cfg, options: CCPOptions) -> None:
         """The loss is used in proxy form, so it must take a reference set; a miner and a memory as for any pair
         loss."""
+        check_pair_config(cfg)
         loss = resolve("loss", cfg.loss.name)
         if not takes_reference_set(loss):
             raise ValueError(f"loss.name={cfg.loss.name!r} ({loss.__name__}): method 'ccp' uses its loss in proxy form "
                              "(samples against every proxy as references), which needs a pair-based loss: ccp_c1, "
                              "ccp_c2, ccp_ms, ccp_triplet or a PML pair loss")  # fmt: skip
-        check_pair_config(cfg)
 
     @classmethod
     def from_config(cls, cfg, options: CCPOptions, model: Embedder, num_classes: int) -> CCPMethod:

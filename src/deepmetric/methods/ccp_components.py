@@ -1,4 +1,4 @@
-"""Building blocks of CCP (Gürbüz, Can, Alatan, *Deep Metric Learning with Chance Constraints*, WACV 2024; ccp.md).
+"""Building blocks of CCP (Gürbüz, Can, Alatan, *Deep Metric Learning with Chance Constraints*, WACV 2024; docs/ccp.md).
 
 - `kcenter_per_class`: batched greedy k-center (farthest-point) selection in every class at once, seeded with the
   previous stage's proxies (the paper's k-center re-initialisation): m[c, i] = min_j ‖X[c, i] − P_old[c, j]‖²;

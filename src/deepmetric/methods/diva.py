@@ -1,6 +1,7 @@
 """DiVA: diverse visual feature aggregation (Milbich, Roth, Bharadhwaj, Sinha, Bengio, Ommer, Cohen; ECCV 2020).
 
-Four 128-d heads on one backbone, each trained on its own task (diva.md §2.8):
+Four 128-d heads on one backbone, each trained on its own task (the full objective as the authors' `diva_main.py`
+computes it; docs/diva.md):
 
     L = L_margin(disc; distance-weighted) + α_ssl · L_DaNCE(ssl(view A), EMA-ssl(view B), queue)
       + α_shared · L_margin(shared; label-permutation miner) + α_intra · L_margin(intra; intra-class triplets)

@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..losses import CrossBatchMemory, MetricLoss
 from ..losses.memory import check_memory_loss
 from ..miners import EasyPositiveMiner
-from ..registry import build_miner, resolve
+from ..registry import UnknownNameError, build_miner, resolve
 
 
 def no_miner(name: str | None) -> bool:
@@ -43,7 +43,14 @@ def build_pair_miner(name: str | None, params: dict, samples_per_class: int | No
 
 def check_pair_config(cfg) -> None:
     """The top-level ``loss`` / ``miner`` / ``memory`` of a pair-loss method: a memory needs a pair-based loss; a
-    miner a loss that takes one."""
+    miner a loss that takes one. Unknown loss and miner names are named here, before any data is read."""
+    for key, kind, name in (("loss.name", "loss", cfg.loss.name), ("miner.name", "miner", cfg.miner.name)):
+        if kind == "miner" and no_miner(name):
+            continue
+        try:
+            resolve(kind, name)
+        except UnknownNameError as e:
+            raise ValueError(f"{key}={name!r}: {e}") from None
     if cfg.memory.size:
         check_memory_loss(cfg.loss.name, "memory")
     if not no_miner(cfg.miner.name):

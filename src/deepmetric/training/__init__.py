@@ -2,6 +2,7 @@
 
 from .interrupts import TrainingInterrupted
 from .numerics import NonFiniteLossError
-from .trainer import RunExistsError, Trainer
+from .run_directory import RunExistsError
+from .trainer import Trainer
 
 __all__ = ["NonFiniteLossError", "RunExistsError", "Trainer", "TrainingInterrupted"]

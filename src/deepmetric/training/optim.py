@@ -36,3 +36,16 @@ def rmsprop(cfg, groups) -> torch.optim.Optimizer:
 def build_optimizer(cfg, groups) -> torch.optim.Optimizer:
     """The optimizer ``cfg.name`` names over ``groups``; an unknown name is an error naming the closest valid ones."""
     return OPTIMIZERS.get(cfg.name)(cfg, groups)
+
+
+def clip_gradients(cfg, parameters, unscale) -> None:
+    """``optim.grad_clip_norm`` (of all gradients together) then ``optim.grad_clip_value`` (each entry), after
+    ``unscale()`` (AMP's gradient scaler: clip the true gradients); nothing when neither is set."""
+    if not (cfg.grad_clip_norm or cfg.grad_clip_value):
+        return
+    unscale()
+    parameters = list(parameters)
+    if cfg.grad_clip_norm:
+        torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip_norm)
+    if cfg.grad_clip_value:
+        torch.nn.utils.clip_grad_value_(parameters, cfg.grad_clip_value)

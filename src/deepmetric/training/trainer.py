@@ -1,11 +1,11 @@
 """The training loop: batches → augmentation → the method's step → the optimizer, with validation and exact resume.
 
-The run's parts come from `deepmetric.run` (method, data), its outputs go through `RunLog`, model selection and early
-stopping through `Selection`. Run directory: ``config.yaml``, ``log.jsonl``, ``metrics.json``,
-``checkpoints/last.pt`` (and the one before it, ``last.prev.pt``), ``checkpoints/best.pt``, each with its
-``.sha256``, ``report.html``. Determinism: the sampler depends on (seed, epoch), each step's augmentation on (seed,
-step), initialisation on the seed; ``last.pt`` holds the method, optimizer, schedule, sampler position, every RNG
-state, the counters and how many records ``log.jsonl`` had, so a resumed run ends where an uninterrupted one would.
+The run's parts come from `deepmetric.run` (method, data, loader), its directory and checkpoints are a
+`RunDirectory`, its outputs go through `RunLog`, model selection and early stopping through `Selection`, the final
+``metrics.json`` and report through `deepmetric.training.outcome`. Determinism: the sampler depends on (seed, epoch),
+each step's augmentation on (seed, step), initialisation on the seed; ``last.pt`` holds the method, optimizer,
+schedule, sampler position, every RNG state, the counters and how many records ``log.jsonl`` had, so a resumed run
+ends where an uninterrupted one would.
 
 SIGINT / SIGTERM finish the current step, write ``last.pt`` and stop (`deepmetric.training.interrupts`);
 non-finite losses, gradients and weights stop the run before a checkpoint could hold them
@@ -14,9 +14,6 @@ non-finite losses, gradients and weights stop the run before a checkpoint could 
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -24,47 +21,32 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..config import Config, load_config, to_yaml
-from ..data import collate_batch
+from ..config import Config
 from ..errors import ConfigError
-from ..integrity import IntegrityError, remove_file_with_hash, remove_stale_tmp
 from ..methods import MethodContext
 from ..precision import DTYPES
 from ..run import (
     build_data,
     build_method,
     build_model,
+    build_train_loader,
     embed_split_of,
     embed_training_images,
     resolve_device,
     score_split,
 )
 from .baseline import score_baseline
-from .checkpoint import (
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_rng_state,
-    write_json,
-    write_text,
-)
-from .interrupts import Interrupts, TrainingInterrupted
+from .checkpoint import load_checkpoint, rng_state, seed_everything, set_rng_state
+from .interrupts import StopAtStepEnd
 from .logging import RunLog
 from .numerics import NumericGuard
-from .optim import build_optimizer
-from .resume import resume_changes
+from .optim import build_optimizer, clip_gradients
+from .outcome import run_metrics, selected_checkpoint, write_outcome
+from .run_directory import RunDirectory
 from .schedule import LRSchedule
 from .selection import Selection
 
 CHECKPOINT_VERSION = 1
-# what a run writes into its directory: --overwrite deletes these (and nothing else there)
-RUN_OUTPUTS = ("config.yaml", "log.jsonl", "metrics.json", "report.html", "mlflow_run_id", "checkpoints", "report",
-               "tensorboard")  # fmt: skip
-
-
-class RunExistsError(ConfigError, FileExistsError):
-    """The run directory already holds a run (neither resume nor overwrite was asked for)."""
 
 
 class Trainer:
@@ -73,39 +55,23 @@ class Trainer:
         """``resume``: continue the run in ``run_dir`` (its ``config.yaml`` may differ from ``cfg`` only in the keys
         `deepmetric.training.resume.RESUME_SAFE` lists); ``overwrite``: delete the run there first and start anew."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        if resume and overwrite:
-            raise ConfigError(f"resume and overwrite exclude each other ({self.run_dir}): choose one")
-        holds_run = any((self.run_dir / name).exists() for name in ("log.jsonl", "metrics.json", "checkpoints"))
-        if not resume and holds_run and not overwrite:
-            raise RunExistsError(
-                f"run directory {self.run_dir} already holds a run: continue it with --resume {self.run_dir}, start "
-                "it again from scratch with --overwrite (deletes its files), or choose another --output"
-            )
-        changes = self._resume_changes() if resume else []  # before any data is read
+        self.directory = RunDirectory(run_dir, resume=resume, overwrite=overwrite)
+        changes = self.directory.resume_changes(cfg) if resume else []  # before any data is read
         # under torchrun: join the process group; rank 0 alone writes files and shows progress
         device = cfg.train.device
         self.device = distributed.setup(device) if distributed.requested() else resolve_device(device)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
         self.log = RunLog(self.run_dir, main=self.main, quiet=quiet)
-        if overwrite and holds_run and self.main:
-            self._remove_run()
+        if overwrite and self.directory.holds_run and self.main:
+            self.directory.clear(self.log.say)
         if resume and self.main:
-            stale = remove_stale_tmp(self.run_dir) + remove_stale_tmp(self.ckpt_dir)
-            if stale:
-                self.log.say(f"removed {len(stale)} temporary file(s) left by an interrupted process")
+            self.directory.remove_stale(self.log.say)
         if changes:
             self.log.say("resuming with " + ", ".join(f"{k}: {a} → {b}" for k, a, b in changes))
         seed_everything(cfg.train.seed)
         self.data = build_data(cfg, self.device)
-        # a private generator: creating an iterator must not draw from the global RNG (methods draw from it, and a
-        # resumed run creates one more iterator than an uninterrupted one)
-        self.loader = torch.utils.data.DataLoader(
-            self.data.train_set, batch_sampler=self.data.sampler, collate_fn=collate_batch,
-            num_workers=cfg.data.workers, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(cfg.train.seed),
-        )  # fmt: skip
+        self.loader = build_train_loader(self.data, cfg, self.device)
         torch.manual_seed(cfg.train.seed)  # initialisation independent of what data loading drew
         model = build_model(cfg, self.data.train_set.channels)
         if self.world_size > 1:  # BatchNorm over the global batch, as in one process
@@ -125,8 +91,8 @@ class Trainer:
         self.last_checkpoint: tuple[Path, int] | None = None  # the newest intact last.pt (or last.prev.pt), its step
         self.numerics = NumericGuard(self.device, cfg.train.skip_nonfinite_steps, self.use_amp, self.run_dir,
                                      lambda: self.last_checkpoint)  # fmt: skip
-        self.interrupts = Interrupts(self._announce_signal, self._stopped_at_once)
-        self._under_way: int | None = None  # the step a deferred signal waits for (None: before the loop)
+        self.signals = StopAtStepEnd(self.run_dir, lambda: (self.step, self.last_checkpoint), main=self.main,
+                                     world_size=self.world_size, log_every=cfg.train.log_every)  # fmt: skip
         self.baseline: dict | None = None
         self.history: list[dict] = []
         self.bad_images: list[str] = []
@@ -139,7 +105,7 @@ class Trainer:
             self._resume()
         distributed.barrier()  # every rank checked the run directory before rank 0 writes to it
 
-    # ------------------------------------------------------------------------------------- state, resume
+    # ------------------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
         return {
             "version": CHECKPOINT_VERSION, "meta": self.data.inference_meta(self.cfg),
@@ -151,53 +117,10 @@ class Trainer:
             "skipped_steps": self.numerics.skipped_steps,
         }  # fmt: skip
 
-    def _resume_changes(self) -> list[tuple[str, object, object]]:
-        """The keys in which ``cfg`` differs from the run's ``config.yaml``; a `ConfigError` for one not safe."""
-        saved = self.run_dir / "config.yaml"
-        return resume_changes(load_config(saved), self.cfg, self.run_dir) if saved.is_file() else []
-
-    def _remove_run(self) -> None:
-        """--overwrite: delete what a run wrote into the run directory (`RUN_OUTPUTS`), nothing else there."""
-        for name in RUN_OUTPUTS:
-            path = self.run_dir / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-        remove_stale_tmp(self.run_dir)
-        self.log.say(f"--overwrite: removed the previous run in {self.run_dir}")
-
-    def _load_last(self) -> tuple[dict, Path] | None:
-        """The newest intact checkpoint: ``last.pt``, else (with a warning) ``last.prev.pt``; None when there is
-        none; `IntegrityError` when neither is intact."""
-        problems = []
-        for path in (self.ckpt_dir / "last.pt", self.ckpt_dir / "last.prev.pt"):
-            if not path.is_file():
-                problems.append(f"{path} missing")
-                continue
-            try:
-                state = load_checkpoint(path)
-            except IntegrityError as e:
-                problems.append(str(e))
-                continue
-            if path.name != "last.pt":
-                self.log.warn(f"{problems[0]}; resuming from the previous checkpoint {path} (step {state['step']})")
-                corrupt = self.ckpt_dir / "last.pt"
-                if self.main and corrupt.is_file():  # kept aside: the next checkpoint must not make it last.prev.pt
-                    os.replace(corrupt, self.ckpt_dir / "last.corrupt.pt")
-                    remove_file_with_hash(corrupt)
-            return state, path
-        if len(problems) == 2 and all(p.endswith(" missing") for p in problems):
-            return None
-        raise IntegrityError(
-            f"no intact checkpoint to resume {self.run_dir} from: {'; '.join(problems)}; start it again with "
-            "--overwrite"
-        )
-
     def _resume(self) -> None:
-        loaded = self._load_last()
+        loaded = self.directory.load_last(self.log.warn, self.main)
         if loaded is None:
-            self.log.say(f"no checkpoint in {self.ckpt_dir}: starting from the beginning")
+            self.log.say(f"no checkpoint in {self.directory.checkpoints}: starting from the beginning")
             self.log.truncate(0, 0)  # what a process killed before its first checkpoint logged is redone
             return
         state, path = loaded
@@ -230,15 +153,15 @@ class Trainer:
         self._check_weights()
         if self.main:
             self.log.sync()  # the records the checkpoint counts are on disk before it
-            save_checkpoint(self._state(), self.ckpt_dir / "last.pt", previous=self.ckpt_dir / "last.prev.pt")
-        self.last_checkpoint = (self.ckpt_dir / "last.pt", self.step)
+            self.directory.save_last(self._state())
+        self.last_checkpoint = (self.directory.last, self.step)
 
     def _save_best(self, key: str | None, value: float | None) -> None:
         self.numerics.check_on_device()
         self._check_weights()
         if self.main:
-            save_checkpoint({"method": self.method.state_dict(), "step": self.step, "metric": key, "value": value,
-                             "meta": self.data.inference_meta(self.cfg)}, self.ckpt_dir / "best.pt")  # fmt: skip
+            self.directory.save_best({"method": self.method.state_dict(), "step": self.step, "metric": key,
+                                      "value": value, "meta": self.data.inference_meta(self.cfg)})  # fmt: skip
 
     # ------------------------------------------------------------------------------ the method's context
     def record(self, record: dict, text: str | None = None) -> None:
@@ -310,13 +233,7 @@ class Trainer:
                     raise guard.error(problem)
                 self._skip(problem)
                 return parts
-        clip_norm, clip_value = self.cfg.optim.grad_clip_norm, self.cfg.optim.grad_clip_value
-        if clip_norm or clip_value:
-            self.scaler.unscale_(self.optimizer)
-            if clip_norm:
-                torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip_norm)
-            if clip_value:
-                torch.nn.utils.clip_grad_value_(self.method.parameters(), clip_value)
+        clip_gradients(self.cfg.optim, self.method.parameters(), lambda: self.scaler.unscale_(self.optimizer))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return parts
@@ -342,63 +259,22 @@ class Trainer:
         if progress.plain and progress.enabled:
             progress.line(f"step {self.step}/{self.total_steps} loss {values['loss']:.4f} ({rate:.1f} steps/s)")
 
-    # --------------------------------------------------------------------------------------------- signals
-    def _announce_signal(self, name: str) -> str | None:
-        if self.main:
-            what = f"step {self._under_way}" if self._under_way else "the baseline evaluation"
-            return f"deepmetric: {name}: finishing {what}, then writing a checkpoint (send it again to stop at once)"
-        return None
-
-    def _stopped_at_once(self, name: str) -> str:
-        saved = self.last_checkpoint
-        if saved and saved[1] == self.step:
-            state = f"with the checkpoint of step {self.step} ({saved[0]})"
-        elif saved:
-            state = f"without a checkpoint of step {self.step} (the last is of step {saved[1]}: {saved[0]})"
-        else:
-            state = "before the first checkpoint"
-        return f"{name}: stopped at once, {state}; continue with: deepmetric train --resume {self.run_dir}"
-
-    def _stop_if_signalled(self) -> None:
-        """At a step's end: after a signal, write the checkpoint and stop. Under torchrun the ranks agree at log steps
-        (rank 0's signal counts; the host waits there anyway), so all stop after the same step."""
-        interrupts = self.interrupts
-        signum = interrupts.pending
-        if self.world_size > 1:
-            if self.step % self.cfg.train.log_every:
-                return
-            signum = interrupts.pending = distributed.broadcast_object(interrupts.pending if self.main else None)
-        if signum is None:
-            return
-        interrupts.deferring = False  # a second signal while saving stops at once
-        if self.last_checkpoint is None or self.last_checkpoint[1] != self.step:
-            self.save_last()
-        path = self.last_checkpoint[0]
-        raise TrainingInterrupted(
-            f"{signal.Signals(signum).name}: stopped after step {self.step} with a checkpoint "
-            f"({path}); continue with: deepmetric train --resume {self.run_dir}",
-            signum,
-        )
-
     def fit(self) -> dict:
-        """Train (or continue), evaluate the best checkpoint on test, write metrics.json and the report."""
-        cfg = self.cfg
+        """Train (or continue), evaluate the selected checkpoint on test, write metrics.json and the report."""
         if self.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text(self.run_dir / "config.yaml", to_yaml(cfg))
+            self.directory.write_config(self.cfg)
         try:
-            with self.interrupts.installed():
-                self.interrupts.deferring = True
-                self.log.start_tracking(cfg, resumed=self.step > 0)
-                if self.step == 0 and cfg.train.baseline and self.baseline is None:
+            with self.signals.installed():
+                self.log.start_tracking(self.cfg, resumed=self.step > 0)
+                if self.step == 0 and self.cfg.train.baseline and self.baseline is None:
                     self.baseline = score_baseline(self)
                 self.log.open(self.total_steps, self.step)
                 try:
-                    self._stop_if_signalled()
+                    self.signals.check(self.save_last)
                     self._loop()
                 finally:
                     self.log.close_progress()
-                self.interrupts.deferring = False  # training is done and saved: a signal now stops at once
+                self.signals.stop_deferring()  # training is done and saved: a signal now stops at once
                 return self.finish()
         finally:
             self.log.close()
@@ -407,7 +283,7 @@ class Trainer:
         cfg = self.cfg
         self.context.step = self.step
         self.method.on_train_start(self.context)
-        self._under_way = self.step + 1
+        self.signals.under_way = self.step + 1
         stop = False
         t_last, step_last = time.perf_counter(), self.step
         while self.step < self.total_steps and not stop:
@@ -438,41 +314,27 @@ class Trainer:
                 checkpoint_due = cfg.train.checkpoint_every and self.step % cfg.train.checkpoint_every == 0
                 if eval_due or end_of_epoch or self.step == self.total_steps or checkpoint_due:
                     self.save_last()
-                self._stop_if_signalled()
-                self._under_way = self.step + 1  # until now, a signal still waited for this step's checkpoint
+                self.signals.check(self.save_last)
+                self.signals.under_way = self.step + 1  # until now, a signal still waited for this step's checkpoint
                 if stop or self.step >= self.total_steps or end_of_epoch:
                     break
 
     def finish(self) -> dict:
-        """Test evaluation with the best checkpoint (or the last weights without validation), metrics.json, report."""
+        """Test evaluation with the selected weights (the best checkpoint, or the last weights without validation),
+        then metrics.json and the report (`deepmetric.training.outcome`)."""
         distributed.barrier()  # rank 0 has written best.pt
-        sel = self.selection
-        if sel.best_value is not None:  # a validation selected a checkpoint
-            self.method.load_state_dict(load_checkpoint(self.ckpt_dir / "best.pt")["method"])
-            selected = {"split": self.cfg.train.select_split, "step": sel.best_step,
-                        "metric": sel.key(sel.best_metrics), "value": sel.best_value}  # fmt: skip
+        selected = selected_checkpoint(self.selection, self.cfg, self.step)
+        if selected["split"] is not None:
+            self.method.load_state_dict(load_checkpoint(self.directory.best)["method"])
         else:  # no validation: the final weights are the selected ones, and best.pt says so
-            selected = {"split": None, "step": self.step, "metric": None, "value": None}
             self._save_best(None, None)
         test_embedded = self.embed("test", progress=True)
         test = distributed.broadcast_object(self.score("test", test_embedded) if self.main else None)
         self.log.write({"type": "eval", "split": "test", "step": self.step, **test})
-        metrics = {"val": sel.best_metrics, "test": test, "selected": selected, "steps": self.step,
-                   "protocol": self.data.splits.protocol, "splits": self.data.splits.info}  # fmt: skip
-        if self.baseline:
-            metrics["baseline"] = self.baseline
-        if self.cfg.train.select_split == "test":
-            metrics["warning"] = "model selected on the test split (train.select_split=test): test metrics are biased"
-        if self.numerics.skipped_steps:
-            metrics["skipped_steps"] = self.numerics.skipped_steps
-        if self.bad_images:
-            metrics["skipped_images"] = {"count": len(self.bad_images), "paths": sorted(set(self.bad_images))}
+        metrics = run_metrics(selection=self.selection, selected=selected, test=test, steps=self.step,
+                              splits=self.data.splits, cfg=self.cfg, baseline=self.baseline,
+                              skipped_steps=self.numerics.skipped_steps, bad_images=self.bad_images)  # fmt: skip
         if self.main:
-            write_json(self.run_dir / "metrics.json", metrics)
-            if self.cfg.report.enabled:
-                from ..report import write_report
-
-                write_report(self.run_dir, run=self, test_embedded=test_embedded)
-            self.log.finish_tracking(metrics)
+            write_outcome(self.run_dir, metrics, self.cfg, run=self, test_embedded=test_embedded, log=self.log)
         distributed.barrier()
         return metrics

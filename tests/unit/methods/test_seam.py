@@ -43,6 +43,14 @@ def test_options_are_typed_at_load_time():
         load_config(None, ["method.name=standard", "method.options.rho=1"])
 
 
+@pytest.mark.parametrize("method", ["standard", "ccp"])
+def test_unknown_loss_and_miner_names_are_refused_at_load_time(method):
+    with pytest.raises(ConfigError, match=r"loss\.name='triplett_margin': unknown loss .*closest: \['tripletmargin'"):
+        load_config(None, [f"method.name={method}", "loss.name=triplett_margin"])
+    with pytest.raises(ConfigError, match=r"miner\.name='multisimilarit': unknown miner .*'multisimilarity'"):
+        load_config(None, [f"method.name={method}", "loss.name=contrastive", "miner.name=multisimilarit"])
+
+
 def test_a_method_builds_without_data():
     cfg = load_config(None, ["method.name=diva", "model.embedding_dim=8", "model.width=4", "augment.size=28"])
     method = build_method(cfg, in_channels=1, num_classes=3)
