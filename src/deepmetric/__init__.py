@@ -25,4 +25,12 @@ def load_run(run_dir, checkpoint: str = "best", device: str | None = None):
     return _load_run(run_dir, checkpoint, device)
 
 
-__all__ = ["__version__", "load", "load_run", "train"]
+def load_exported(path):
+    """An exported model (``deepmetric export``), checked against the hashes in its metadata before it runs:
+    ``deepmetric.load_exported("model.onnx")(uint8_images)``; see `deepmetric.retrieval.export.load_exported`."""
+    from .retrieval.export import load_exported as _load_exported
+
+    return _load_exported(path)
+
+
+__all__ = ["__version__", "load", "load_exported", "load_run", "train"]

@@ -688,10 +688,10 @@ def _exit_code(e: Exception) -> int:
 
 
 def _one_line(e: Exception) -> str:
-    """The error's message; an unexpected one is prefixed with its type and points to --debug."""
+    """The error's message on one line; an unexpected one is prefixed with its type and points to --debug."""
     from .errors import DeepMetricError
 
-    message = str(e) or type(e).__name__
+    message = " ".join(part.strip() for part in str(e).splitlines() if part.strip()) or type(e).__name__
     if isinstance(e, DeepMetricError | FileNotFoundError | ValueError | ImportError):
         return message
     return f"{type(e).__name__}: {message} (run again with --debug for the traceback)"

@@ -13,6 +13,7 @@ from PIL import Image
 import deepmetric
 from deepmetric.cli import main
 from deepmetric.retrieval import EmbeddingIndex
+from deepmetric.retrieval.export import load_exported
 
 from ..conftest import write_digit_pngs
 
@@ -105,6 +106,25 @@ def test_export_with_parity(run, tmp_path, fmt, capsys):
 
     assert meta["sha256"] == sha256_file(out) and meta["external_data"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name, out.name + ".json"]  # one self-contained file
+    assert np.abs(load_exported(out)(x.numpy()) - got.detach().numpy()).max() == 0  # checked, then run
+
+
+def test_a_garbled_or_mismatched_export_is_refused_on_load(run, tmp_path):
+    from deepmetric.integrity import IntegrityError
+
+    first, second = tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"
+    for out in (first, second):
+        assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    raw = bytearray(first.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 8] = b"\xff" * 8
+    first.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match=rf"{first}.*does not match the SHA-256 in model.pt.json"):
+        load_exported(first)
+    second.with_suffix(".pt.json").write_text("{not json")  # e.g. cut by a full disk
+    with pytest.raises(IntegrityError, match=r"cannot read the export metadata .*model.pt.json"):
+        load_exported(second)
+    with pytest.raises(FileNotFoundError, match=r"model.pt.json not found|missing\.pt not found"):
+        load_exported(tmp_path / "missing.pt")
 
 
 def test_onnx_too_large_for_one_file_keeps_its_weights_beside_it(run, tmp_path, monkeypatch):
@@ -125,8 +145,11 @@ def test_onnx_too_large_for_one_file_keeps_its_weights_beside_it(run, tmp_path, 
     x = np.random.default_rng(0).integers(0, 256, (2, model.channels, 16, 16), dtype=np.uint8)
     got = onnxruntime.InferenceSession(str(out)).run(None, {"images": x})[0]
     assert np.abs(got - model.embed(torch.from_numpy(x)).numpy()).max() <= 1e-4
-    assert main(["export", str(run), "--out", str(out), "--tolerance", "-1"]) == 1
-    assert not out.exists() and not data.exists()
+    kept = {p.name: p.read_bytes() for p in (out, data, tmp_path / "model.onnx.json")}
+    assert main(["export", str(run), "--out", str(out), "--tolerance", "-1"]) == 1  # the previous export is kept
+    assert {p.name: p.read_bytes() for p in (out, data, tmp_path / "model.onnx.json")} == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)  # no staging folder left
+    assert np.abs(load_exported(out)(x) - got).max() == 0
     monkeypatch.setattr(export_module, "ONNX_SINGLE_FILE_LIMIT", 1.8e9)
     data.write_bytes(b"stale")
     assert main(["export", str(run), "--out", str(out)]) == 0

@@ -108,6 +108,27 @@ def test_cli_evaluate_embed_report(trained, tmp_path, capsys):
     assert main(["report", str(run_dir)]) == 0 and (run_dir / "report.html").is_file()
 
 
+def test_report_names_a_garbled_run_file(trained, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], run_dir)
+    log = run_dir / "log.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines) + '\n{"type": "train", "st')  # a last line cut by a kill: left out, with a warning
+    with pytest.warns(UserWarning, match="last line is cut short"):
+        assert main(["report", str(run_dir)]) == 0
+    log.write_text("\n".join([lines[0], "{garbled", *lines[1:]]) + "\n")
+    assert main(["report", str(run_dir)]) == 1
+    assert f"{log}, line 2: not a JSON record" in capsys.readouterr().err
+    log.write_text("\n".join(lines) + "\n")
+    metrics = run_dir / "metrics.json"
+    metrics.write_text(metrics.read_text()[:40])
+    assert main(["report", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read {metrics}" in err and len(err.strip().splitlines()) == 1
+
+
 def test_cli_train_errors(digits_config, tmp_path, capsys):
     assert main(["train", str(digits_config), "train.epoch=1", "--output", str(tmp_path / "x")]) == 2
     assert "did you mean train.epochs" in capsys.readouterr().err
@@ -203,3 +224,18 @@ def test_evaluating_a_missing_validation_split_is_a_clear_error(digits_config, t
                                   train__epochs=1, report__enabled=False)  # fmt: skip
     assert main(["evaluate", str(run_dir), "--split", "val", "--quiet"]) == 2
     assert "has no val split" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_model_is_a_one_line_error(trained, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained[0], run_dir)
+    config = run_dir / "config.yaml"
+    text = config.read_text()
+    assert "embedding_dim: 32" in text
+    config.write_text(text.replace("embedding_dim: 32", "embedding_dim: 24"))  # the config no longer fits best.pt
+    assert main(["evaluate", str(run_dir), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"best.pt does not fit the model {config} describes" in err[0]
+    assert "size mismatch" in err[0]

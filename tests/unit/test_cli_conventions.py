@@ -84,3 +84,15 @@ def test_an_unexpected_error_names_its_type_and_points_to_debug(monkeypatch, cap
     assert err[0].endswith("(run again with --debug for the traceback)")
     with pytest.raises(OSError):
         cli.main(["--debug", "report", "somewhere"])
+
+
+def test_a_multi_line_message_is_printed_on_one_line(monkeypatch, capsys):
+    def boom(args):
+        raise ValueError("Error(s) in loading state_dict for Embedder:\n\tsize mismatch for head.weight\n")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["report"].set_defaults(func=boom)
+    assert cli.main(["report", "somewhere"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["deepmetric: Error(s) in loading state_dict for Embedder: size mismatch for head.weight"]

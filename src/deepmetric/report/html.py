@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..training.checkpoint import write_text
+from ..training.checkpoint import read_json, read_records, write_text
 from . import failures, plots
 
 METRIC_ORDER = ("recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "ami")
@@ -60,7 +59,7 @@ def _figures(run_dir: Path, run, test_embedded=None) -> tuple[dict[str, Path], d
     figures: dict[str, Path] = {}
     tables: dict[str, list[tuple]] = {}
     log = run_dir / "log.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines() if line] if log.is_file() else []
+    records = read_records(log)
     if plots.training_curves(records, out_dir / "curves.png"):
         figures["Training and validation curves"] = out_dir / "curves.png"
     if run is None:
@@ -142,7 +141,7 @@ def write_report(run_dir: str | Path, run=None, test_embedded=None) -> Path:
     selected weights loaded: ``.cfg``, ``.data``, ``.embed(split)``) provides the test embeddings for the t-SNE,
     retrieval grid and per-class plots (``test_embedded``: those embeddings already computed)."""
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json")
     figures, tables = _figures(run_dir, run, test_embedded)
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     rows = "".join(

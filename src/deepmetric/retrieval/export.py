@@ -4,7 +4,13 @@ The exported graph takes decoded uint8 images at the run's load size (N × C × 
 transform, the normalisation and the network, so it is self-contained; ``<file>.json`` beside it records how to
 decode images, the embedding size, the source checkpoint and the SHA-256 of every file written. After export the
 file is loaded back (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) and run on a batch; the export fails if
-its output differs from the PyTorch model's by more than ``tolerance`` (default 1e-4) anywhere, and leaves no file.
+its output differs from the PyTorch model's by more than ``tolerance`` (default 1e-4) anywhere.
+
+Nothing is lost on failure: the model is written into a temporary folder beside ``out`` and checked there; only a
+model that passed is moved over ``out`` (fsynced, renamed, the folder fsynced), then its metadata, so a failed or
+killed export leaves the previous export as it was. `load_exported` checks the file (and ``.data``) against the
+SHA-256 in the metadata before it runs anything: a garbled file, or a model and metadata of two different exports
+(a kill between the two renames), is an `IntegrityError` naming the file.
 When the run was calibrated (``deepmetric calibrate``) for these weights, the metadata carries its match threshold
 and confidence curve (``calibration``); a calibration of other weights is an error, so re-calibrate first.
 
@@ -15,13 +21,17 @@ names it (``external_data``) and records its hash.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import RunError
-from ..integrity import sha256_file
+from ..integrity import IntegrityError, fsync_dir, sha256_file
 from ..training.checkpoint import write_json
 from .model import EmbeddingModel
 
@@ -40,8 +50,36 @@ def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     out = Path(out)
     calibration = _calibration(model)  # first: a calibration of other weights stops the export before any file
-    data_file = out.with_name(out.name + ".data")
     out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        staged = stage / out.name
+        max_diff = _write_and_check(model, staged, fmt, tolerance, batch, seed)
+        staged_data = staged.with_name(staged.name + ".data")
+        meta = {
+            "format": fmt,
+            "file": out.name,
+            "sha256": sha256_file(staged),
+            "external_data": {"file": staged_data.name, "sha256": sha256_file(staged_data)}
+            if staged_data.exists() else None,
+            "max_abs_difference": max_diff,
+            "tolerance": tolerance,
+            "parity_batch": batch,
+            "preprocessing": model.preprocessing(),
+            "source": model.source,
+            "class_names": model.meta.get("class_names", {}),
+            "calibration": calibration,
+        }  # fmt: skip
+        _commit(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    write_json(out.with_suffix(out.suffix + ".json"), meta)
+    return meta
+
+
+def _write_and_check(model: EmbeddingModel, path: Path, fmt: str, tolerance: float, batch: int, seed: int) -> float:
+    """The exported model at ``path`` (a staging folder), loaded back and run next to the PyTorch model on a random
+    uint8 batch; its max |difference|, or `ParityError` beyond ``tolerance``."""
     module = model.exportable()
     g = torch.Generator().manual_seed(seed)
     shape = (batch, model.channels, model.load_size, model.load_size)
@@ -51,46 +89,93 @@ def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float
     if fmt == "torchscript":
         with torch.no_grad():
             traced = torch.jit.trace(module, (example[:2],), check_trace=False)
-        traced.save(str(out))
-        exported = torch.jit.load(str(out))
+        traced.save(str(path))
         with torch.no_grad():
-            got = exported(example).numpy()
+            got = torch.jit.load(str(path))(example).numpy()
     else:
-        try:
-            import onnxruntime
-        except ImportError as e:
-            raise ImportError(
-                "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'deepmetric[onnx]'"
-            ) from e
+        onnxruntime = _onnxruntime()
         batch_dim = torch.export.Dim("batch", min=1)
-        data_file.unlink(missing_ok=True)  # a previous large export's weights must not sit beside a new file
-        torch.onnx.export(module, (example[:2],), str(out), input_names=["images"], output_names=["embedding"],
+        torch.onnx.export(module, (example[:2],), str(path), input_names=["images"], output_names=["embedding"],
                           dynamic_shapes={"images": {0: batch_dim}}, dynamo=True, verbose=False,
                           external_data=weight_bytes(module) >= ONNX_SINGLE_FILE_LIMIT)  # fmt: skip
-        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {"images": example.numpy()})[0]
     max_diff = float(np.abs(got - reference).max())
     if not max_diff <= tolerance:
-        out.unlink(missing_ok=True)  # never leave a file behind that does not match the model
-        data_file.unlink(missing_ok=True)
-        raise ParityError(
-            f"exported {fmt} model differs from the PyTorch model by {max_diff:.3g} > {tolerance}; nothing written"
-        )
-    meta = {
-        "format": fmt,
-        "file": out.name,
-        "sha256": sha256_file(out),
-        "external_data": {"file": data_file.name, "sha256": sha256_file(data_file)} if data_file.exists() else None,
-        "max_abs_difference": max_diff,
-        "tolerance": tolerance,
-        "parity_batch": batch,
-        "preprocessing": model.preprocessing(),
-        "source": model.source,
-        "class_names": model.meta.get("class_names", {}),
-        "calibration": calibration,
-    }
-    write_json(out.with_suffix(out.suffix + ".json"), meta)
-    return meta
+        raise ParityError(f"exported {fmt} model differs from the PyTorch model by {max_diff:.3g} > {tolerance}; "
+                          f"nothing written (a previous export at {path.name} is unchanged)")  # fmt: skip
+    return max_diff
+
+
+def _commit(stage: Path, out: Path) -> None:
+    """Move the checked files from ``stage`` over ``out`` (and ``out.data``): the weights file first, so the model
+    never names weights that are not there; a previous large export's ``.data`` goes when the new model has none."""
+    data, staged, staged_data = out.with_name(out.name + ".data"), stage / out.name, stage / (out.name + ".data")
+    for path in (staged, staged_data):
+        if path.exists():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    large = staged_data.exists()
+    if large:
+        os.replace(staged_data, data)
+    os.replace(staged, out)
+    if not large:
+        data.unlink(missing_ok=True)
+    fsync_dir(out.parent)
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError("ONNX needs onnx, onnxscript and onnxruntime: pip install 'deepmetric[onnx]'") from e
+    return onnxruntime
+
+
+class ExportedModel:
+    """An exported model with its metadata, checked against its recorded hashes: ``model(images)`` embeds decoded
+    uint8 images (N × C × L × L at ``meta["preprocessing"]``'s load size) into float32 embeddings, as the run would."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta = path, meta
+        if meta["format"] == "onnx":
+            session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self._run = lambda x: session.run(None, {"images": x})[0]
+        else:
+            module = torch.jit.load(str(path))
+
+            def run(x):
+                with torch.no_grad():
+                    return module(torch.from_numpy(x)).numpy()
+
+            self._run = run
+
+    def __call__(self, images) -> np.ndarray:
+        return self._run(np.ascontiguousarray(images, dtype=np.uint8))
+
+
+def load_exported(path: str | Path) -> ExportedModel:
+    """The model ``deepmetric export`` wrote to ``path``, after checking it (and its ``.data`` file) against the
+    SHA-256 its metadata ``path.json`` records; `IntegrityError` naming the file when one does not match."""
+    path = Path(path)
+    meta_path = path.with_suffix(path.suffix + ".json")
+    if not path.is_file() or not meta_path.is_file():
+        missing = path if not path.is_file() else meta_path
+        raise FileNotFoundError(f"{missing} not found: an export is the model file and its metadata {meta_path.name}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        files = [(path, meta["sha256"])]
+    except (ValueError, KeyError, TypeError) as e:
+        raise IntegrityError(f"cannot read the export metadata {meta_path}: {e}; export the model again") from None
+    if meta.get("external_data"):
+        files.append((path.with_name(meta["external_data"]["file"]), meta["external_data"]["sha256"]))
+    for file, expected in files:
+        if not file.is_file():
+            raise IntegrityError(f"{file} is missing: its model {path} needs it beside it; export the model again")
+        if sha256_file(file) != expected:
+            raise IntegrityError(f"{file} does not match the SHA-256 in {meta_path.name} (corrupt, changed, or from "
+                                 "another export): export the model again")  # fmt: skip
+    return ExportedModel(path, meta)
 
 
 def _calibration(model: EmbeddingModel) -> dict | None:

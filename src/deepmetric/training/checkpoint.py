@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import RunError
 from ..integrity import (
     IntegrityError,
     atomic_write_bytes,
@@ -51,6 +52,37 @@ def write_json(path: str | Path, obj) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file a run wrote (``metrics.json``); a `RunError` naming the file when it is missing or garbled."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} not found: the run has not finished (resume it with --resume)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"cannot read {path}: {e}; restore it, or train the run again") from None
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a run's ``log.jsonl``. A last line cut short (a kill mid-write) is left out with a warning
+    (``--resume`` repairs the file); a garbled line before it is a `RunError` naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):
+                warnings.warn(f"{path}: its last line is cut short (left out): {e}", stacklevel=2)
+                break
+            raise RunError(f"{path}, line {number}: not a JSON record ({e}); delete that line or restore the "
+                           "file") from None  # fmt: skip
+    return records
 
 
 def rng_state() -> dict:
