@@ -109,6 +109,37 @@ def test_sigkill_during_index_add_leaves_the_old_or_the_new_index(run, proj, tmp
     assert len(list((proj / "index").glob("gen-*"))) == 2  # the current one and the previous one
 
 
+def test_sigkill_at_random_moments_of_index_add_leaves_the_old_or_the_new_index(run, proj, tmp_path):
+    """Killed at moments drawn uniformly over a whole ``index add`` (timed first), the index is always the old one or
+    the new one, and the next writer commits."""
+    import random
+
+    extra = proj / "extra" / "digit_3"
+    extra.mkdir(parents=True)
+    for i, f in enumerate(sorted((proj / "images" / "digit_3").iterdir())[:5]):
+        Image.open(f).transpose(Image.Transpose.TRANSPOSE).save(extra / f"extra{i}.png")
+    args = [sys.executable, "-m", "deepmetric", "index", "add", str(proj / "index"), "--images", str(proj / "extra"),
+            "--quiet"]  # fmt: skip
+    spare = Path(shutil.copytree(proj / "index", tmp_path / "spare"))
+    start = time.monotonic()
+    subprocess.run(args, cwd=tmp_path, check=True, capture_output=True)
+    whole = time.monotonic() - start
+    seed = int(os.environ.get("DEEPMETRIC_TEST_SEED", random.randrange(2**31)))
+    print(f"kill moments drawn with seed {seed} (replay: DEEPMETRIC_TEST_SEED={seed}); a whole add took {whole:.1f} s")
+    rng = random.Random(seed)
+    for moment in sorted(rng.uniform(0.5 * whole, whole) for _ in range(4)):  # the first half is start-up (imports)
+        shutil.rmtree(proj / "index")
+        shutil.copytree(spare, proj / "index")
+        proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(moment)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        loaded = EmbeddingIndex.load(proj / "index")
+        assert len(loaded) in (N, N + 5), f"killed at {moment:.2f} s: {len(loaded)} items"
+        assert main(["index", "update", str(proj / "index"), "--images", str(proj / "extra"), "--quiet"]) == 0
+        assert len(EmbeddingIndex.load(proj / "index")) == N + 5
+
+
 @pytest.mark.parametrize(("action", "point"), [("delete", "items"), ("delete", "pointer"), ("update", "vectors"),
                                                ("update", "pointer")])  # fmt: skip
 def test_sigkill_during_index_delete_or_update_leaves_the_old_or_the_new_index(run, proj, tmp_path, action, point):
