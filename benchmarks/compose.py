@@ -34,7 +34,8 @@ if not __package__:  # run as `python benchmarks/compose.py`: import `benchmarks
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._glyphs import GLYPH_DATA, glyph_csv
-from benchmarks._report import command_line, emit, mean_std, overrides_from, train_once
+from benchmarks._report import command_line, emit, overrides_from, train_once
+from deepmetric.compare import group_runs, read_run, summarise
 
 PRESETS = Path("configs/fashion_mnist")
 # (study row, twin without, twin with): the same overrides for both, so the row measures the composition alone
@@ -220,18 +221,29 @@ def setup(args) -> tuple[dict, str]:
     return base, f"{tag}-s{steps}"
 
 
+def seed_summary(runs: list[Path]) -> list[str]:
+    """Test ``mean ± std`` of `METRICS` over ``runs`` by `deepmetric.compare` (``deepmetric compare RUNS`` prints the
+    same), which also checks that they differ in nothing but the seed."""
+    groups = group_runs([read_run(run) for run in runs])
+    if len(groups) != 1:
+        raise ValueError(f"the runs of one cell differ in more than the seed: {[g.label for g in groups]}")
+    stats = summarise(groups, list(METRICS))[0]["stats"]
+    return [f"{stats[m][0]:.3f} ± {stats[m][1]:.3f}" for m in METRICS]
+
+
 def quality(args) -> list[str]:
     base, tag = setup(args)
     rows = []
     for twin in args.twins:
         study, without, preset_without, with_, preset_with = TWINS[twin]
         for variant, preset in ((without, preset_without), (with_, preset_with)):
-            metrics = []
+            runs = []
             for seed in args.seeds:
                 run = Path(args.runs) / tag / f"{preset}-seed{seed}"
                 print(f"training {run}", flush=True)
-                metrics.append(train_once(PRESETS / f"{preset}.yaml", {**base, "train__seed": seed}, run))
-            cells = [mean_std([m["test"][k] for m in metrics]) for k in METRICS]
+                train_once(PRESETS / f"{preset}.yaml", {**base, "train__seed": seed}, run)
+                runs.append(run)
+            cells = seed_summary(runs)
             rows.append(f"| {study} | {variant} | " + " | ".join(cells) + " |")
     return [
         command_line(), "",
