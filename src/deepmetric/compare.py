@@ -195,7 +195,8 @@ def render(rows: list[dict], metrics: list[str], fmt: str = "terminal", digits: 
         for row in rows:
             cells = [_latex(row["group"]), *(cell(row, m, r"$\pm$") for m in metrics), str(row["n"])]
             lines.append(" & ".join(cells) + r" \\")
-        return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"])
+        flagged = [f"% {row['group']}: {'; '.join(row['flags'])}" for row in rows if row["flags"]]  # not in the table
+        return "\n".join([*lines, r"\bottomrule", r"\end{tabular}", *flagged])
     body = [[row["group"], *(cell(row, m) for m in metrics), str(row["n"]), "; ".join(row["flags"])] for row in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(metrics) + 1) + "---|"]

@@ -52,7 +52,9 @@ def test_every_format(runs):
         text = compare([str(runs / "runs")], ["map@r"], fmt=fmt)
         assert "0.420" in text, fmt
     assert "| loss.name=contrastive | 0.420 ± 0.020 | 3 |" in compare([str(runs / "runs")], ["map@r"], fmt="markdown")
-    assert r"0.420 $\pm$ 0.020" in compare([str(runs / "runs")], ["map@r"], fmt="latex")
+    latex = compare([str(runs / "runs")], ["map@r"], fmt="latex")
+    assert r"0.420 $\pm$ 0.020" in latex
+    assert latex.splitlines()[-1] == "% loss.name=multi_similarity: 1 unfinished; single seed"  # below the table
     assert "loss.name=contrastive,0.420000,0.020000,3,0 1 2," in compare([str(runs / "runs")], ["map@r"], fmt="csv")
     with pytest.raises(ValueError, match="--format 'html' is not one of"):
         render([], ["map@r"], "html")
