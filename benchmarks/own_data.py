@@ -5,7 +5,7 @@ faces, then trains the own-data preset on it exactly as a user would (``data.nam
 disjoint protocol: half of the characters held out for test), with the preset's settings except those given with
 ``--set``, and prints the test metrics beside the baseline (the pretrained model before training).
 
-    python -m benchmarks.own_data [--folder ~/.cache/deepmetric/glyph_folder] [--set augment.flip=false ...]
+    python -m benchmarks.own_data [--seeds 0 1 2] [--folder ~/.cache/deepmetric/glyph_folder] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -44,27 +44,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folder", default="~/.cache/deepmetric/glyph_folder")
     parser.add_argument("--max-fonts", type=int, default=80)
     parser.add_argument("--runs", default="runs/own-data")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed (finished runs are reused)")
+    parser.add_argument("--seed", type=int, help="one seed (the same as --seeds SEED)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override preset settings")
     parser.add_argument("--write", help="append the result to this markdown file")
     args = parser.parse_args(argv)
     import deepmetric
 
+    seeds = [args.seed] if args.seed is not None else args.seeds
     folder = Path(args.folder).expanduser()
     n = write_folder(folder, args.max_fonts)
-    run_dir = Path(args.runs) / f"s{args.seed}"
-    if (run_dir / "metrics.json").is_file():
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    else:
-        overrides = {"data__root": str(folder), "train__seed": args.seed, **overrides_from(args.set)}
-        _, metrics = deepmetric.train("configs/own_data.yaml", output=run_dir, **overrides)
-    rows = [("fine-tuned (validation-selected)", metrics["test"]), ("model as built", metrics["baseline"]["test"]),
-            ("pretrained trunk, pooled", metrics["baseline"]["trunk"]["test"])]  # fmt: skip
+    rows, runs = [], []
+    for seed in seeds:
+        run_dir = Path(args.runs) / f"s{seed}"
+        if (run_dir / "metrics.json").is_file():
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        else:
+            overrides = {"data__root": str(folder), "train__seed": seed, **overrides_from(args.set)}
+            _, metrics = deepmetric.train("configs/own_data.yaml", output=run_dir, **overrides)
+        runs.append(run_dir)
+        tested = [metrics["test"], metrics["baseline"]["test"], metrics["baseline"]["trunk"]["test"]]
+        rows.append(f"| {seed} | " + " | ".join(f"{m['map@r']:.3f}" for m in tested)
+                    + f" | {metrics['test']['recall@1']:.3f} | {metrics['baseline']['test']['recall@1']:.3f} | "
+                    f"{metrics['test']['nmi']:.3f} | {metrics['selected']['step']} |")  # fmt: skip
     splits = metrics["splits"]
     lines = [command_line(), "", f"{n} images in {folder.name}/; train {splits['train']['classes']} / val "
-             f"{splits['val']['classes']} / test {splits['test']['classes']} classes; seed {args.seed}", "",
-             "| test | recall@1 | map@r | nmi |", "|---|---:|---:|---:|"]  # fmt: skip
-    lines += [f"| {name} | {m['recall@1']:.3f} | {m['map@r']:.3f} | {m['nmi']:.3f} |" for name, m in rows]
+             f"{splits['val']['classes']} / test {splits['test']['classes']} classes (test: {splits['test']['images']} "
+             "images)", "",
+             "| seed | test map@r, fine-tuned (validation-selected) | model as built | pretrained trunk, pooled | "
+             "test recall@1, fine-tuned | model as built | test nmi, fine-tuned | selected step |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|", *rows]  # fmt: skip
+    if len(runs) > 1:
+        from deepmetric.compare import group_runs, read_run, summarise
+
+        for split in ("test", "baseline"):
+            stats = summarise(group_runs([read_run(r) for r in runs]), ["map@r", "recall@1", "nmi"], split)[0]["stats"]
+            what = "fine-tuned" if split == "test" else "model as built"
+            lines.append(f"\n{what}, mean ± std over seeds {seeds}: " + ", ".join(
+                f"{m} {stats[m][0]:.3f} ± {stats[m][1]:.3f}" for m in ("map@r", "recall@1", "nmi")))  # fmt: skip
     emit(lines, args.write)
 
 

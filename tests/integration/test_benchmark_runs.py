@@ -95,3 +95,16 @@ def test_milvus_speed_runs_end_to_end_on_a_small_collection(tmp_path):
     for index in ("FLAT", "IVF_FLAT", "HNSW"):
         assert any(row.startswith(f"| 2,000 | {index} | ") and row.count("|") == 11 for row in rows), index
     assert "| 2,000 | HNSW | ef 1024 |" in text
+
+
+def test_own_data_benchmark_trains_the_preset_on_a_glyph_folder_over_seeds(tmp_path, capsys):
+    from benchmarks import own_data
+
+    own_data.main(["--folder", str(tmp_path / "folder"), "--max-fonts", "20", "--runs", str(tmp_path / "runs"),
+                   "--seeds", "0", "1", "--set", "augment.size=32", "augment.resize=37", "train.max_steps=2",
+                   "train.eval_every_steps=2", "report.enabled=false", "data.workers=0"])  # fmt: skip
+    out = capsys.readouterr().out
+    folders = [p for p in (tmp_path / "folder").iterdir() if p.is_dir()]
+    assert len(folders) >= 40 and all(len(list(f.glob("*.png"))) >= 20 for f in folders)  # a folder per character
+    assert "| 0 | " in out and "| 1 | " in out
+    assert "fine-tuned, mean ± std over seeds [0, 1]: map@r" in out and "model as built, mean ± std" in out
