@@ -34,8 +34,8 @@ if not __package__:  # run as `python benchmarks/compose.py`: import `benchmarks
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._glyphs import GLYPH_DATA, glyph_csv
-from benchmarks._report import command_line, emit, overrides_from, train_once
-from deepmetric.compare import group_runs, read_run, summarise
+from benchmarks._report import NEUTRAL, command_line, emit, overrides_from, train_once
+from deepmetric.compare import IGNORED, group_runs, read_run, summarise
 
 PRESETS = Path("configs/fashion_mnist")
 # (study row, twin without, twin with): the same overrides for both, so the row measures the composition alone
@@ -224,7 +224,7 @@ def setup(args) -> tuple[dict, str]:
 def seed_summary(runs: list[Path]) -> list[str]:
     """Test ``mean ± std`` of `METRICS` over ``runs`` by `deepmetric.compare` (``deepmetric compare RUNS`` prints the
     same), which also checks that they differ in nothing but the seed."""
-    groups = group_runs([read_run(run) for run in runs])
+    groups = group_runs([read_run(run) for run in runs], ignore=(*IGNORED, *NEUTRAL))  # as train_once reuses them
     if len(groups) != 1:
         raise ValueError(f"the runs of one cell differ in more than the seed: {[g.label for g in groups]}")
     stats = summarise(groups, list(METRICS))[0]["stats"]

@@ -75,10 +75,14 @@ def main(argv: list[str] | None = None) -> None:
              "test recall@1, fine-tuned | model as built | test nmi, fine-tuned | selected step |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|", *rows]  # fmt: skip
     if len(runs) > 1:
-        from deepmetric.compare import group_runs, read_run, summarise
+        from benchmarks._report import NEUTRAL
+        from deepmetric.compare import IGNORED, group_runs, read_run, summarise
 
+        groups = group_runs([read_run(r) for r in runs], ignore=(*IGNORED, *NEUTRAL))
+        if len(groups) != 1:
+            raise SystemExit(f"the runs differ in more than the seed: {[g.label for g in groups]}; move the old ones")
         for split in ("test", "baseline"):
-            stats = summarise(group_runs([read_run(r) for r in runs]), ["map@r", "recall@1", "nmi"], split)[0]["stats"]
+            stats = summarise(groups, ["map@r", "recall@1", "nmi"], split)[0]["stats"]
             what = "fine-tuned" if split == "test" else "model as built"
             lines.append(f"\n{what}, mean ± std over seeds {seeds}: " + ", ".join(
                 f"{m} {stats[m][0]:.3f} ± {stats[m][1]:.3f}" for m in ("map@r", "recall@1", "nmi")))  # fmt: skip

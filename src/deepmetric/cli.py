@@ -11,8 +11,13 @@ from pathlib import Path
 def _parse_options(pairs: list[str]) -> dict[str, str]:
     """``datasets info --option KEY=VALUE``: the loader's keyword arguments, through the one KEY=VALUE parser."""
     from .config import parse_overrides
+    from .errors import ConfigError
 
-    return dict(item.partition("=")[::2] for item in parse_overrides(pairs))
+    try:
+        return dict(item.partition("=")[::2] for item in parse_overrides(pairs))
+    except ConfigError:
+        bad = next(p for p in pairs if not p.partition("=")[0].strip() or "=" not in p)
+        raise ConfigError(f"--option expects KEY=VALUE (e.g. --option coarse_column=base), got {bad!r}") from None
 
 
 def cmd_datasets(args) -> int:
@@ -691,7 +696,9 @@ def _one_line(e: Exception) -> str:
     """The error's message on one line; an unexpected one is prefixed with its type and points to --debug."""
     from .errors import DeepMetricError
 
-    message = " ".join(part.strip() for part in str(e).splitlines() if part.strip()) or type(e).__name__
+    parts = [part.strip() for part in str(e).splitlines() if part.strip()]
+    joints = [" " if p.endswith(":") else "; " for p in parts[:-1]]  # "Tried, in order: a; b" for a listed message
+    message = "".join(p + j for p, j in zip(parts, [*joints, ""], strict=True)) or type(e).__name__
     if isinstance(e, DeepMetricError | FileNotFoundError | ValueError | ImportError):
         return message
     return f"{type(e).__name__}: {message} (run again with --debug for the traceback)"

@@ -113,13 +113,27 @@ def test_a_garbled_or_mismatched_export_is_refused_on_load(run, tmp_path):
     from deepmetric.integrity import IntegrityError
 
     first, second = tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"
+    stale = tmp_path / "a" / ".model.pt.k1ll3d00.tmp"  # what a killed export leaves
+    stale.mkdir(parents=True)
+    (stale / "model.pt").write_bytes(b"half")
     for out in (first, second):
         assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    assert not stale.exists()  # removed by the next export to that file
     raw = bytearray(first.read_bytes())
     raw[len(raw) // 2 : len(raw) // 2 + 8] = b"\xff" * 8
     first.write_bytes(bytes(raw))
     with pytest.raises(IntegrityError, match=rf"{first}.*does not match the SHA-256 in model.pt.json"):
         load_exported(first)
+    (tmp_path / "a" / "model.pt.json").replace(tmp_path / "first.json")
+    first.write_bytes(second.read_bytes())  # intact again, but the .json beside it is another export's: a mixed pair
+    (tmp_path / "b" / "model.pt.json").replace(first.with_suffix(".pt.json"))
+    (tmp_path / "first.json").replace(second.with_suffix(".pt.json"))
+    with pytest.raises(IntegrityError, match=rf"{second}.*does not match the SHA-256"):
+        load_exported(second)  # b's model beside a's metadata
+    assert load_exported(first).meta["file"] == "model.pt"  # a's folder now holds b's model and b's metadata
+    second.with_suffix(".pt.json").write_text('{"sha256": "x"}')  # no format / preprocessing
+    with pytest.raises(IntegrityError, match=r"cannot read the export metadata .*model.pt.json: no 'format'"):
+        load_exported(second)
     second.with_suffix(".pt.json").write_text("{not json")  # e.g. cut by a full disk
     with pytest.raises(IntegrityError, match=r"cannot read the export metadata .*model.pt.json"):
         load_exported(second)

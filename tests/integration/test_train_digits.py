@@ -118,15 +118,18 @@ def test_report_names_a_garbled_run_file(trained, tmp_path, capsys):
     log.write_text("\n".join(lines) + '\n{"type": "train", "st')  # a last line cut by a kill: left out, with a warning
     with pytest.warns(UserWarning, match="last line is cut short"):
         assert main(["report", str(run_dir)]) == 0
-    log.write_text("\n".join([lines[0], "{garbled", *lines[1:]]) + "\n")
+    log.write_text("\n".join([lines[0], "", "{garbled", *lines[1:]]) + "\n")  # a blank line counts as a line
     assert main(["report", str(run_dir)]) == 1
-    assert f"{log}, line 2: not a JSON record" in capsys.readouterr().err
+    assert f"{log}, line 3: not a JSON record" in capsys.readouterr().err
     log.write_text("\n".join(lines) + "\n")
     metrics = run_dir / "metrics.json"
     metrics.write_text(metrics.read_text()[:40])
     assert main(["report", str(run_dir)]) == 1
     err = capsys.readouterr().err
     assert f"cannot read {metrics}" in err and len(err.strip().splitlines()) == 1
+    metrics.unlink()
+    assert main(["report", str(run_dir)]) == 2  # bad input: not a finished run
+    assert f"{metrics} not found: the run has not finished" in capsys.readouterr().err
 
 
 def test_cli_train_errors(digits_config, tmp_path, capsys):

@@ -96,3 +96,12 @@ def test_a_multi_line_message_is_printed_on_one_line(monkeypatch, capsys):
     assert cli.main(["report", "somewhere"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["deepmetric: Error(s) in loading state_dict for Embedder: size mismatch for head.weight"]
+
+    def listed(args):
+        raise FileNotFoundError("Fashion-MNIST not found. Tried, in order:\n  /a/train.gz\n  /b/train.gz\nInstall it")
+
+    parser._subparsers._group_actions[0].choices["report"].set_defaults(func=listed)
+    assert cli.main(["report", "somewhere"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "deepmetric: Fashion-MNIST not found. Tried, in order: /a/train.gz; /b/train.gz; Install it"
+    )

@@ -7,10 +7,11 @@ file is loaded back (onnxruntime for ONNX, ``torch.jit.load`` for TorchScript) a
 its output differs from the PyTorch model's by more than ``tolerance`` (default 1e-4) anywhere.
 
 Nothing is lost on failure: the model is written into a temporary folder beside ``out`` and checked there; only a
-model that passed is moved over ``out`` (fsynced, renamed, the folder fsynced), then its metadata, so a failed or
-killed export leaves the previous export as it was. `load_exported` checks the file (and ``.data``) against the
-SHA-256 in the metadata before it runs anything: a garbled file, or a model and metadata of two different exports
-(a kill between the two renames), is an `IntegrityError` naming the file.
+model that passed is moved over ``out`` (fsynced, renamed, the folder fsynced), then its metadata. A failed export
+leaves the previous export as it was. A killed one leaves it as it was, or the new export whole, or (killed between
+the renames) files of the two exports side by side, which `load_exported` refuses: it checks the model (and
+``.data``) against the SHA-256 in the metadata before it runs anything, and a garbled file or a mixed pair is an
+`IntegrityError` naming the file. A temporary folder a killed export left is removed by the next export to ``out``.
 When the run was calibrated (``deepmetric calibrate``) for these weights, the metadata carries its match threshold
 and confidence curve (``calibration``); a calibration of other weights is an error, so re-calibrate first.
 
@@ -51,10 +52,17 @@ def export(model: EmbeddingModel, out: str | Path, fmt: str, *, tolerance: float
     out = Path(out)
     calibration = _calibration(model)  # first: a calibration of other weights stops the export before any file
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a killed export to the same file
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         staged = stage / out.name
-        max_diff = _write_and_check(model, staged, fmt, tolerance, batch, seed)
+        try:
+            max_diff = _write_and_check(model, staged, fmt, tolerance, batch, seed)
+        except ParityError as e:
+            kept = f"; {out} is unchanged" if out.exists() else ""
+            raise ParityError(f"{e}; nothing written{kept}") from None
         staged_data = staged.with_name(staged.name + ".data")
         meta = {
             "format": fmt,
@@ -102,8 +110,7 @@ def _write_and_check(model: EmbeddingModel, path: Path, fmt: str, tolerance: flo
         got = session.run(None, {"images": example.numpy()})[0]
     max_diff = float(np.abs(got - reference).max())
     if not max_diff <= tolerance:
-        raise ParityError(f"exported {fmt} model differs from the PyTorch model by {max_diff:.3g} > {tolerance}; "
-                          f"nothing written (a previous export at {path.name} is unchanged)")  # fmt: skip
+        raise ParityError(f"exported {fmt} model differs from the PyTorch model by {max_diff:.3g} > {tolerance}")
     return max_diff
 
 
@@ -165,10 +172,14 @@ def load_exported(path: str | Path) -> ExportedModel:
     try:
         meta = json.loads(meta_path.read_text())
         files = [(path, meta["sha256"])]
-    except (ValueError, KeyError, TypeError) as e:
-        raise IntegrityError(f"cannot read the export metadata {meta_path}: {e}; export the model again") from None
-    if meta.get("external_data"):
-        files.append((path.with_name(meta["external_data"]["file"]), meta["external_data"]["sha256"]))
+        if meta.get("external_data"):
+            files.append((path.with_name(meta["external_data"]["file"]), meta["external_data"]["sha256"]))
+        for key in ("format", "preprocessing"):  # what a user of the export reads
+            if key not in meta:
+                raise KeyError(key)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        what = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise IntegrityError(f"cannot read the export metadata {meta_path}: {what}; export the model again") from None
     for file, expected in files:
         if not file.is_file():
             raise IntegrityError(f"{file} is missing: its model {path} needs it beside it; export the model again")

@@ -55,12 +55,13 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def read_json(path: str | Path) -> dict:
-    """A JSON file a run wrote (``metrics.json``); a `RunError` naming the file when it is missing or garbled."""
+    """A JSON file a run wrote (``metrics.json``); a `FileNotFoundError` / `RunError` naming the file when it is
+    missing / garbled."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise RunError(f"{path} not found: the run has not finished (resume it with --resume)") from None
+        raise FileNotFoundError(f"{path} not found: the run has not finished (resume it with --resume)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunError(f"cannot read {path}: {e}; restore it, or train the run again") from None
 
@@ -71,13 +72,13 @@ def read_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
     records = []
-    for number, line in enumerate(lines, 1):
+    for i, (number, line) in enumerate(lines):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if number == len(lines):
+            if i == len(lines) - 1:
                 warnings.warn(f"{path}: its last line is cut short (left out): {e}", stacklevel=2)
                 break
             raise RunError(f"{path}, line {number}: not a JSON record ({e}); delete that line or restore the "

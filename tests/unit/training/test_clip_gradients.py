@@ -21,6 +21,18 @@ def test_norm_then_value_after_unscaling():
     assert torch.allclose(p.grad, torch.tensor([0.6, 0.7])) and calls == [1, 2]
 
 
+def test_both_set_clip_the_unscaled_gradients_by_norm_first():
+    p = _param([30.0, 40.0])  # scaled by 10, as AMP's scaler leaves them
+
+    def unscale():
+        p.grad /= 10
+
+    clip_gradients(SimpleNamespace(grad_clip_norm=1.0, grad_clip_value=0.7), [p], unscale)
+    # unscale → (3, 4); norm 1 → (0.6, 0.8); value 0.7 → (0.6, 0.7). Value first would give (0.707, 0.707), and
+    # clipping before unscaling (0.06, 0.07)
+    assert torch.allclose(p.grad, torch.tensor([0.6, 0.7]))
+
+
 def test_nothing_set_leaves_gradients_and_the_scaler_alone():
     p, calls = _param([3.0, -4.0]), []
     clip_gradients(SimpleNamespace(grad_clip_norm=None, grad_clip_value=None), [p], lambda: calls.append(1))
