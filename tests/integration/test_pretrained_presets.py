@@ -66,3 +66,20 @@ def test_own_data_preset_on_a_folder(tmp_path):
     assert metrics["splits"]["test"]["classes"] == 6
     assert metrics["splits"]["train"]["classes"] == metrics["splits"]["val"]["classes"] == 6
     assert "trunk" in metrics["baseline"] and metrics["steps"] == 3
+
+
+@pytest.mark.parametrize("preset", ["diva", "eps_triplet", "ccp_c2"])
+def test_glyph_presets_train_on_the_glyphs(preset, tmp_path, font_dir):
+    """configs/glyphs/: DiVA (two views), EPS (the base-letter superclass protocol), CCP (stages) train and score the
+    unseen characters; the superclass protocol scores them with fine and coarse labels."""
+    chars = string.ascii_letters + string.digits + "éèáàöüçñ"
+    options = (f"data.options={{font_dirs: [{font_dir}], chars: '{chars}', min_images: 4, styles_per_family: null, "
+               f"progress: false}}")  # fmt: skip
+    code = main(["train", f"configs/glyphs/{preset}.yaml", options, f"data.root={tmp_path / 'cache'}",
+                 "train.max_steps=4", "train.eval_every_steps=2", "data.classes_per_batch=6", "augment.size=32",
+                 "report.enabled=false", "--output", str(tmp_path / "run"), "--quiet"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["splits"]["test"]["classes"] >= 10
+    test = metrics["test"]
+    assert ("coarse/recall@1" in test and "fine/recall@1" in test) if preset == "eps_triplet" else "map@r" in test

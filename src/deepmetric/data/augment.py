@@ -1,7 +1,8 @@
 """Batched image augmentation with kornia, run on the training device.
 
 Train presets: ``random_resized_crop`` (natural images: crop of scale ``scale`` and aspect 3/4–4/3 resized to
-``size``), ``pad_crop`` (small images: pad by ``padding`` and crop back to ``size``), ``none``; plus optional
+``size``), ``pad_crop`` (small images: padded by ``padding`` and cropped back to ``size``, a shift of up to ``padding`` px;
+images smaller than ``size`` are upsampled to it first), ``none``; plus optional
 horizontal flip and colour jitter. Eval presets: ``resize_center_crop`` (shorter side to ``resize``, centre crop
 ``size``) and ``none`` (resize to ``size`` only if needed). Normalisation presets: ``imagenet`` (RGB, mean/std of
 ImageNet on 0–1), ``bninception`` (BGR, 0–255, mean 104/117/128), ``gray`` (0–1, mean 0.5, std 0.5), ``edge``
@@ -65,6 +66,7 @@ class BatchAugment(torch.nn.Module):
         if cfg.size < 1 or cfg.resize < 1:
             raise ValueError(f"augment.size and augment.resize must be positive, got {cfg.size} and {cfg.resize}")
         self.cfg, self.train_mode = cfg, train
+        self.pre_resize = train and cfg.train == "pad_crop"  # not the glyph in a corner of a black size × size canvas
         size = (cfg.size, cfg.size)
         ops: list[torch.nn.Module] = []
         if train:
@@ -121,6 +123,8 @@ class BatchAugment(torch.nn.Module):
         x = images.float()
         if x.shape[1] == 1 and self.mean.shape[1] == 3:
             x = x.expand(-1, 3, -1, -1)
+        if self.pre_resize and min(x.shape[-2:]) < self.cfg.size:  # upsampled, then shifted by `padding` px
+            x = F.interpolate(x, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False)
         if self.ops is not None and x.shape[0] > 0:
             x = self.ops(x, params=self._sliced_parameters(x, shard)) if shard else self.ops(x)
         if x.shape[-2:] != (self.cfg.size, self.cfg.size):

@@ -72,3 +72,16 @@ def test_bad_config(field, value, match):
 def test_rejects_float_input():
     with pytest.raises(ValueError, match="uint8"):
         BatchAugment(AugmentConfig(), train=False)(torch.zeros(1, 3, 8, 8))
+
+
+def test_pad_crop_resizes_other_sizes_first_then_shifts_by_padding():
+    """32 px images at size 64 (the pretrained glyph presets): upsampled, then shifted by at most `padding` px, never
+    pasted small into a black 64 × 64 canvas."""
+    x = torch.full((2, 1, 32, 32), 200, dtype=torch.uint8)
+    unit = {"eval": "none", "size": 64, "normalization": "unit", "flip": False}
+    still = BatchAugment(AugmentConfig(train="pad_crop", padding=0, **unit), train=True)(x, seed=0)
+    upsampled = BatchAugment(AugmentConfig(**unit), train=False)(x)
+    assert still.shape == (2, 1, 64, 64) and torch.allclose(still, upsampled)
+    shifted = BatchAugment(AugmentConfig(train="pad_crop", padding=4, **unit), train=True)(x, seed=0)
+    bright = (shifted > 0.5).float().mean(dim=(1, 2, 3))  # at most 4 of 64 rows and columns padded black
+    assert bright.min() >= (60 / 64) ** 2 - 1e-6
