@@ -1,9 +1,9 @@
 """Batched image augmentation with kornia, run on the training device.
 
 Train presets: ``random_resized_crop`` (natural images: crop of scale ``scale`` and aspect 3/4–4/3 resized to
-``size``), ``pad_crop`` (small images: padded by ``padding`` and cropped back to ``size``, a shift of up to ``padding`` px;
-images smaller than ``size`` are upsampled to it first), ``none``; plus optional
-horizontal flip and colour jitter. Eval presets: ``resize_center_crop`` (shorter side to ``resize``, centre crop
+``size``), ``pad_crop`` (small images: padded by ``padding`` and cropped back to ``size``, a shift of up to
+``padding`` px; images smaller than ``size`` are upsampled to it first), ``none``; plus optional horizontal flip and
+colour jitter. Eval presets: ``resize_center_crop`` (shorter side to ``resize``, centre crop
 ``size``) and ``none`` (resize to ``size`` only if needed). Normalisation presets: ``imagenet`` (RGB, mean/std of
 ImageNet on 0–1), ``bninception`` (BGR, 0–255, mean 104/117/128), ``gray`` (0–1, mean 0.5, std 0.5), ``edge``
 (0–255, mean 127, std 128: EfficientNet-Lite's weights; one value for every channel, so grey images stay one
