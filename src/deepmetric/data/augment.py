@@ -66,7 +66,6 @@ class BatchAugment(torch.nn.Module):
         if cfg.size < 1 or cfg.resize < 1:
             raise ValueError(f"augment.size and augment.resize must be positive, got {cfg.size} and {cfg.resize}")
         self.cfg, self.train_mode = cfg, train
-        self.pre_resize = train and cfg.train == "pad_crop"  # not the glyph in a corner of a black size × size canvas
         size = (cfg.size, cfg.size)
         ops: list[torch.nn.Module] = []
         if train:
@@ -119,16 +118,21 @@ class BatchAugment(torch.nn.Module):
             sliced.append(type(item)(item.name, data))
         return sliced
 
+    def _to_size(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` resized (bilinear) to ``size`` × ``size``, unless it is that size already."""
+        if x.shape[-2:] == (self.cfg.size, self.cfg.size):
+            return x
+        return F.interpolate(x, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False)
+
     def _one_view(self, images: torch.Tensor, shard: tuple[int, int] | None = None) -> torch.Tensor:
         x = images.float()
         if x.shape[1] == 1 and self.mean.shape[1] == 3:
             x = x.expand(-1, 3, -1, -1)
-        if self.pre_resize and min(x.shape[-2:]) < self.cfg.size:  # upsampled, then shifted by `padding` px
-            x = F.interpolate(x, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False)
+        if self.train_mode and self.cfg.train == "pad_crop" and min(x.shape[-2:]) < self.cfg.size:
+            x = self._to_size(x)  # upsampled, then shifted by `padding` px (not pasted into a black canvas)
         if self.ops is not None and x.shape[0] > 0:
             x = self.ops(x, params=self._sliced_parameters(x, shard)) if shard else self.ops(x)
-        if x.shape[-2:] != (self.cfg.size, self.cfg.size):
-            x = F.interpolate(x, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False)
+        x = self._to_size(x)
         if self.bgr:
             x = x.flip(1)
         return (x * self.scale - self.mean) / self.std
