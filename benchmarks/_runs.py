@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -60,6 +61,19 @@ def unique(runs: list[Run]) -> list[Run]:
 _stopping = False  # a worker told to stop (SIGTERM) starts no further run
 
 
+def _term_on_parent_death() -> None:
+    """Linux: ask the kernel for SIGTERM when the parent process ends (prctl PR_SET_PDEATHSIG); elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the driver ended before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def execute(run: Run) -> str | None:
     """Train ``run`` (reused or resumed by `train_once`) and its ``then``; the traceback of a failure, or None."""
     global _stopping
@@ -83,10 +97,16 @@ def _stop_worker(signum, frame) -> None:
 
 def _start_worker(threads: int) -> None:
     """Worker start: ``threads`` CPU threads for every library (set before torch is imported); SIGTERM stops the
-    worker's run (the trainer, while training, first writes a checkpoint) and every later one."""
+    worker's run (the trainer, while training, first writes a checkpoint) and every later one.
+
+    Signals reach a worker from its driver only (`stop_workers`): the worker leaves the driver's process group, so a
+    signal to the group (Ctrl-C, a time limit) is not delivered twice (a trainer's second signal stops it at once,
+    without its checkpoint); and on Linux it gets SIGTERM if the driver dies without forwarding one (SIGKILL)."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
     signal.signal(signal.SIGTERM, _stop_worker)
+    os.setpgid(0, 0)
+    _term_on_parent_death()
     import torch
 
     torch.set_num_threads(threads)
@@ -110,6 +130,7 @@ def train_all(runs: list[Run], jobs: int = 1, threads: int = 1) -> Iterator[tupl
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _start_worker, (threads,))
+    ended = False
     try:
         futures = {pool.submit(execute, run): run for run in runs}
         for future in as_completed(futures):
@@ -118,8 +139,25 @@ def train_all(runs: list[Run], jobs: int = 1, threads: int = 1) -> Iterator[tupl
             except Exception:  # the worker died (killed, out of memory): its run stays unfinished
                 error = traceback.format_exc()
             yield futures[future], error
+        ended = True
     finally:
+        workers = [] if ended else multiprocessing.active_children()
+        for worker in workers:  # stopped early (a signal, an error, the caller): the workers would train on unseen
+            worker.terminate()  # SIGTERM: the trainer finishes its step, writes a checkpoint and stops
         pool.shutdown(wait=False, cancel_futures=True)
+        stop_workers(workers)
+
+
+def stop_workers(workers, grace: float = 600.0) -> None:
+    """Wait up to ``grace`` seconds for ``workers`` (told to stop) to end; SIGKILL those still alive after it."""
+    import time
+
+    deadline = time.monotonic() + grace
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def summary(runs: list[Run], metrics: list[str], split: str = "test") -> list[str]:

@@ -3,9 +3,12 @@
 (benchmarks/_report.train_once): a finished run is reused only for the settings it was made with; asked for other
 settings, it stops and names them instead of reporting the old run as the new one."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import _report as report
+from deepmetric.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).parents[2]
 STUDIES = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.stem.startswith("_"))
@@ -108,3 +112,81 @@ def test_own_data_benchmark_trains_the_preset_on_a_glyph_folder_over_seeds(tmp_p
     assert len(folders) >= 40 and all(len(list(f.glob("*.png"))) >= 20 for f in folders)  # a folder per character
     assert "| 0 | " in out and "| 1 | " in out
     assert "fine-tuned, mean ± std over seeds [0, 1]: map@r" in out and "model as built, mean ± std" in out
+
+
+# a study's driver, in short: two long digits runs trained two at a time, a SIGTERM turned into KeyboardInterrupt
+DRIVER = """
+import signal, sys
+from pathlib import Path
+from benchmarks._runs import Run, train_all
+
+def stop(signum, frame):
+    raise KeyboardInterrupt
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, stop)
+    config, out = Path(sys.argv[1]), Path(sys.argv[2])
+    runs = [Run(config, {"train__epochs": 10000, "report__enabled": False, "train__seed": s}, out / f"seed{s}")
+            for s in (0, 1)]
+    try:
+        for run, error in train_all(runs, jobs=2, threads=1):
+            print("ended", run.run_dir, flush=True)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            found += [int(stat.parent.name)] if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid else []
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _train_steps(run_dir: Path) -> int:
+    log = run_dir / "log.jsonl"
+    return sum('"type": "train"' in line for line in log.read_text().splitlines()) if log.is_file() else 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker processes from /proc")
+@pytest.mark.parametrize("to", ["driver", "group"])
+def test_stopping_a_study_stops_its_workers_each_with_a_checkpoint(digits_config, tmp_path, to):
+    """SIGTERM to the driver alone (``kill PID``) or to its process group (Ctrl-C, a time limit): the driver tells
+    each worker once, each finishes its step, writes a checkpoint and ends; no process trains on."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1",
+                                                                          "PYTHONPATH": str(ROOT)}  # fmt: skip
+    driver = subprocess.Popen([sys.executable, str(script), str(digits_config), str(tmp_path / "runs")], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # fmt: skip
+    runs = [tmp_path / "runs" / f"seed{s}" for s in (0, 1)]
+    deadline = time.time() + 240
+    while min(map(_train_steps, runs)) < 3 and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert driver.poll() is None, driver.communicate()[1][-3000:]
+    workers = _children(driver.pid)
+    assert len(workers) >= 2
+    if to == "driver":
+        driver.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(driver.pid, signal.SIGTERM)
+    out, err = driver.communicate(timeout=240)
+    assert "stopped" in out, err[-3000:]
+    deadline = time.time() + 30
+    while any(map(_alive, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, workers)), f"workers still running: {[p for p in workers if _alive(p)]}"
+    for run in runs:  # each worker got one signal: it finished its step and saved it (a second stops at once)
+        assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == _train_steps(run), err[-3000:]
+        assert not (run / "metrics.json").exists()
+    assert err.count("finishing step") == 2, err[-3000:]
