@@ -53,3 +53,19 @@ def test_diva_resume_is_exact(digits_config, tmp_path):
     _, resumed = deepmetric.train(resume=first, quiet=True, train__max_steps="null")
     for key, value in whole["test"].items():
         assert resumed["test"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_dance_signal_benchmark_reads_a_trained_run(digits_config, tmp_path, capsys):
+    """benchmarks/dance_signal.py on a short digits run: every column, finite, within its range."""
+    from benchmarks import dance_signal
+
+    run_dir, _ = deepmetric.train(digits_config, output=tmp_path / "diva", quiet=True,
+                                  **{**DIVA, "train__max_steps": 8})  # fmt: skip
+    values = dance_signal.signal_of(run_dir, batches=2)
+    assert -1 <= values["s+"] <= 1 and 0 <= values["close"] <= 80
+    for weighting in ("fixed", "legacy", "none"):
+        assert values[f"{weighting} loss"] >= 0 and values[f"{weighting} |grad|"] >= 0
+        assert abs(values[f"{weighting} max ωs"]) <= 1
+    dance_signal.main([str(run_dir), "--batches", "1", "--write", str(tmp_path / "out.md")])
+    table = (tmp_path / "out.md").read_text()
+    assert f"| {run_dir} | " in table and "| fixed loss |" in table

@@ -40,6 +40,29 @@ def test_plain_moco_loss_by_hand():
     assert loss.item() == pytest.approx(expected / 4, rel=1e-5)
 
 
+@pytest.mark.parametrize("close", [1, 40])
+def test_fixed_weights_share_one_weight_among_the_entries_inside_the_lower_cutoff(close):
+    """Every queue entry nearer than d = 0.5 gets the largest weight, so ``close`` such entries get 1 / close each
+    (the rest lie beyond the upper cutoff): with many near neighbours (a trained, clustered embedding) each weighted
+    negative logit ω·s/T is tiny, and the loss is log(1 + close·e^{(0.9/close − s⁺)/T} + far·e^{−s⁺/T}) by hand."""
+    d, far, T = 16, 200, 0.01
+    q = torch.zeros(1, d)
+    q[0, 0] = 1.0
+    near = torch.zeros(close, d)
+    near[:, 0], near[:, 1] = 0.9, math.sqrt(1 - 0.81)  # s = 0.9: d = 0.447 < 0.5
+    distant = torch.zeros(far, d)
+    distant[:, 2] = 1.0  # s = 0: d = 1.414 > 1.4
+    bank = torch.cat([near, distant])
+    w = dance_weights(q @ bank.T, d, "fixed")
+    assert torch.allclose(w[0, :close], torch.full((close,), 1 / close)) and (w[0, close:] < 1e-30).all()
+    s_pos = 0.92  # the positive: a little nearer than the near negatives
+    k = torch.tensor([[s_pos, math.sqrt(1 - s_pos**2)] + [0.0] * (d - 2)])
+    expected = math.log(1 + close * math.exp((0.9 / close - s_pos) / T) + far * math.exp(-s_pos / T))
+    loss = DaNCELoss(temperature=T, weighting="fixed")(q, k, bank)
+    assert loss.item() == pytest.approx(expected, rel=1e-3, abs=1e-12)
+    assert (loss.item() > 1e-3) == (close == 1)  # one near neighbour competes with the positive; 40 share its weight
+
+
 def test_dance_gradient_reaches_only_the_queries():
     q = unit_rows(4, 8, 7).requires_grad_(True)
     k, bank = unit_rows(4, 8, 8).requires_grad_(True), unit_rows(6, 8, 9)
