@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 import statistics
 import sys
 
 
 def command_line() -> str:
     """The command that produced a result, as recorded beside it: ``python benchmarks/X.py ...`` for a script,
-    ``python -m benchmarks.X ...`` for a module (whose ``sys.argv[0]`` is the file's absolute path)."""
+    ``python -m benchmarks.X ...`` for a module (whose ``sys.argv[0]`` is the file's absolute path), quoted for a
+    shell where an argument needs it."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     program = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
-    return f"`{' '.join(['python', *program, *sys.argv[1:]])}`"
+    return f"`{shlex.join(['python', *program, *sys.argv[1:]])}`"
 
 
 def emit(lines: list[str], write: str | None) -> str:

@@ -59,6 +59,8 @@ def test_command_line_records_the_invocation_as_typed(monkeypatch):
     main.__spec__ = types.SimpleNamespace(name="benchmarks.eps")  # python -m benchmarks.eps: argv[0] is the file
     monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "eps.py"), "--seeds", "0"])
     assert report.command_line() == "`python -m benchmarks.eps --seeds 0`"
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "benchmarks" / "eps.py"), "runs/a (b)", "--set", "x=1"])
+    assert report.command_line() == "`python -m benchmarks.eps 'runs/a (b)' --set x=1`"  # pastes into a shell
 
 
 def test_config_differences_names_changed_settings_and_skips_new_keys():
