@@ -99,9 +99,9 @@ def _start_worker(threads: int) -> None:
     """Worker start: ``threads`` CPU threads for every library (set before torch is imported); SIGTERM stops the
     worker's run (the trainer, while training, first writes a checkpoint) and every later one.
 
-    Signals reach a worker from its driver only (`stop_workers`): the worker leaves the driver's process group, so a
-    signal to the group (Ctrl-C, a time limit) is not delivered twice (a trainer's second signal stops it at once,
-    without its checkpoint); and on Linux it gets SIGTERM if the driver dies without forwarding one (SIGKILL)."""
+    Signals reach a worker from its driver only (`train_all` stopped early): the worker leaves the driver's process
+    group, so a signal to the group (Ctrl-C, a time limit) is not delivered twice (a trainer's second signal stops it
+    at once, without its checkpoint); and on Linux it gets SIGTERM if the driver dies without forwarding one."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
     signal.signal(signal.SIGTERM, _stop_worker)
@@ -145,10 +145,10 @@ def train_all(runs: list[Run], jobs: int = 1, threads: int = 1) -> Iterator[tupl
         for worker in workers:  # stopped early (a signal, an error, the caller): the workers would train on unseen
             worker.terminate()  # SIGTERM: the trainer finishes its step, writes a checkpoint and stops
         pool.shutdown(wait=False, cancel_futures=True)
-        stop_workers(workers)
+        _join(workers)
 
 
-def stop_workers(workers, grace: float = 600.0) -> None:
+def _join(workers, grace: float = 600.0) -> None:
     """Wait up to ``grace`` seconds for ``workers`` (told to stop) to end; SIGKILL those still alive after it."""
     import time
 

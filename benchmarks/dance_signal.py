@@ -4,13 +4,13 @@
 
 For each run (a DiVA run directory with ``checkpoints/last.pt``) it draws ``--batches`` training batches as the
 trainer does (two augmented views), and with the run's own query network, EMA key network and queue computes, per
-query: the positive similarity s⁺ = q·k, how many queue entries lie closer than the weights' lower cutoff
-(d < 0.5, i.e. s > 0.875: they share the largest weight), the largest weighted negative max_j ω_ij·s_ij (the logits
-are these over the temperature T, `deepmetric.losses.dance`), the DaNCE loss (the batch mean) and the norm of its
+query: the positive similarity s⁺ = q·k, how many queue entries lie closer than the weights' lower cutoff (by
+default d < 0.5, i.e. s > 0.875: they share the largest weight), the largest weighted negative max_j ω_ij·s_ij (the
+logits are these over the temperature T, `deepmetric.losses.dance`), the DaNCE loss (the batch mean) and the norm of its
 gradient with respect to each query, under the ``fixed`` weighting (per query, the corrected code), ``legacy`` (per
 queue entry, what the paper's numbers used) and ``none`` (plain MoCo). A loss near 0 means the positive logit s⁺/T
-dwarfs every negative one: the task trains nothing, and the self-similarity head learns only through the
-decorrelation term.
+dwarfs every negative one: the task trains nothing, and from then on the self-similarity head learns only through
+its decorrelation pair.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from benchmarks._report import command_line, emit
 from deepmetric.losses.dance import WEIGHTINGS, DaNCELoss, dance_weights
+from deepmetric.methods.diva import DivaMethod
 
 
 def signal_of(run_dir: Path, batches: int) -> dict[str, float]:
@@ -35,13 +36,20 @@ def signal_of(run_dir: Path, batches: int) -> dict[str, float]:
 
     run = load_run(run_dir, "last")
     method, data, cfg = run.method, run.data, run.cfg
+    if not isinstance(method, DivaMethod):
+        raise SystemExit(f"{run_dir}: method.name is {cfg.method.name!r}; this study reads DiVA runs only")
+    filled = int(method.queue_filled)
+    if not filled:
+        raise SystemExit(f"{run_dir}: the DaNCE queue of checkpoints/last.pt is empty (saved before its first step)")
+    queue = F.normalize(method.queue[-filled:], dim=1)
+    dance = method.dance
+    close_sim = 1 - dance.lower_cutoff**2 / 2  # d = sqrt(2 - 2s) < lower cutoff
     loader = iter(build_train_loader(data, cfg, run.device))
     found: dict[str, list[float]] = {}
 
     def add(key: str, values: torch.Tensor) -> None:
         found.setdefault(key, []).extend(values.flatten().tolist())
 
-    queue = F.normalize(method.queue[-int(method.queue_filled) :], dim=1)
     for i in range(batches):
         images = next(loader)["image"].to(run.device)
         view_a, view_b = data.train_aug(images, seed=10_000 + i, views=2)
@@ -50,12 +58,12 @@ def signal_of(run_dir: Path, batches: int) -> dict[str, float]:
             k = F.normalize(method.key_model(view_b)["selfsimilarity"], dim=1)
             sim = q @ queue.T
         add("s+", (q * k).sum(dim=1))
-        add("close", (sim > 0.875).sum(dim=1).float())
+        add("close", (sim > close_sim).sum(dim=1).float())
         for weighting in WEIGHTINGS:
-            w = dance_weights(sim, q.shape[1], weighting)
+            w = dance_weights(sim, q.shape[1], weighting, dance.lower_cutoff, dance.upper_cutoff)
             add(f"{weighting} max ωs", (w * sim).max(dim=1).values)
             query = q.clone().requires_grad_(True)  # the batch at once: legacy weights are normalised over it
-            loss = DaNCELoss(method.dance.temperature, weighting)(query, k, queue)
+            loss = DaNCELoss(dance.temperature, weighting, dance.lower_cutoff, dance.upper_cutoff)(query, k, queue)
             (grad,) = torch.autograd.grad(loss * len(q), query)  # row i: the gradient of query i's own loss
             add(f"{weighting} loss", loss.detach())
             add(f"{weighting} |grad|", grad.norm(dim=1))

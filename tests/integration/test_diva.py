@@ -69,3 +69,7 @@ def test_dance_signal_benchmark_reads_a_trained_run(digits_config, tmp_path, cap
     dance_signal.main([str(run_dir), "--batches", "1", "--write", str(tmp_path / "out.md")])
     table = (tmp_path / "out.md").read_text()
     assert f"| {run_dir} | " in table and "| fixed loss |" in table
+    other, _ = deepmetric.train(digits_config, output=tmp_path / "margin", quiet=True, train__max_steps=2,
+                                report__enabled=False)  # fmt: skip
+    with pytest.raises(SystemExit, match=r"margin: method\.name is 'standard'; this study reads DiVA runs only"):
+        dance_signal.signal_of(other, batches=1)
